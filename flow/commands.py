@@ -1,0 +1,75 @@
+"""Replicated commands: versioned msgpack bytes through one replicated entry point.
+
+Wire form: msgpack [version, kind, body]. The leader builds a command with everything
+`apply` needs stamped in (time, run ids, request id), so applying it is deterministic.
+One entry point with versioned bytes keeps pysyncobj's method ids stable forever (they
+come from sorting method names) and lets old log entries decode after an upgrade.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coda.errors import InvalidArgument
+from coda.flow import limits
+from coda.storage import codec
+
+VERSION = 1
+
+START_WORKFLOW = "start_workflow"
+BARRIER = "barrier"
+KINDS = (START_WORKFLOW, BARRIER)
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: str
+    body: dict
+
+
+class CommandError(InvalidArgument):
+    """A command's bytes can't be decoded; it is answered with an error, never raised in apply."""
+
+
+def encode(kind: str, body: dict) -> bytes:
+    assert kind in KINDS, kind
+    data = codec.pack([VERSION, kind, body])
+    if len(data) > limits.command_bytes_max:
+        raise InvalidArgument(
+            f"command {kind} is {len(data)} bytes, over the limit of {limits.command_bytes_max}",
+            size_bytes=len(data), limit_bytes=limits.command_bytes_max)
+    return data
+
+
+def decode(data) -> Command:
+    if not isinstance(data, (bytes, bytearray)):
+        raise CommandError(f"command must be bytes, got {type(data).__name__}")
+    if len(data) > limits.command_bytes_max:
+        raise CommandError(f"command is {len(data)} bytes, over {limits.command_bytes_max}")
+    try:
+        decoded = codec.unpack(bytes(data))
+    except Exception as exc:
+        raise CommandError(f"command is not valid msgpack: {exc}") from None
+    if not (isinstance(decoded, list) and len(decoded) == 3):
+        raise CommandError("command must be [version, kind, body]")
+    version, kind, body = decoded
+    if version != VERSION:
+        raise CommandError(f"command version {version!r} is not supported (this build: {VERSION})")
+    if kind not in KINDS:
+        raise CommandError(f"unknown command kind {kind!r}")
+    if not isinstance(body, dict):
+        raise CommandError(f"command {kind} body must be a map")
+    return Command(kind, body)
+
+
+def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_type: str,
+                   input_payload: bytes, run_id: str, reuse_policy: str) -> bytes:
+    return encode(START_WORKFLOW, {
+        "request_id": request_id, "time_ms": time_ms, "workflow_id": workflow_id,
+        "workflow_type": workflow_type, "input": input_payload, "run_id": run_id,
+        "reuse_policy": reuse_policy,
+    })
+
+
+def barrier(*, time_ms: int) -> bytes:
+    return encode(BARRIER, {"time_ms": time_ms})

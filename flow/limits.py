@@ -1,0 +1,63 @@
+"""Every limit of Flow in one place (TigerBeetle's "put a limit on everything").
+
+Names carry their unit last. The asserts at the bottom pin how limits relate; a change
+that breaks a relation fails at import, not in production. Going over a limit answers
+RESOURCE_EXHAUSTED (or INVALID_ARGUMENT for a malformed request), never a crash or a hang.
+"""
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# --- identifiers -------------------------------------------------------------------------
+workflow_id_bytes_max = 1000
+type_name_bytes_max = 255
+request_id_bytes_max = 128
+run_id_bytes_max = 64
+
+# --- payloads ----------------------------------------------------------------------------
+# Args, results and state values (msgpack). Configurable per cluster up to the hard cap.
+payload_bytes_default = 2 * MIB
+payload_bytes_max = 8 * MIB
+# A replicated command is a payload plus its envelope (ids, type names, stamps).
+command_envelope_bytes_max = 16 * KIB
+command_bytes_max = payload_bytes_max + command_envelope_bytes_max
+# gRPC messages carry at most one command's worth of payload plus framing.
+grpc_message_bytes_max = command_bytes_max + 64 * KIB
+
+# --- shards and replication --------------------------------------------------------------
+shards_max = 256
+nodes_max = 7
+# Proposals accepted by one shard leader and not yet answered; past this, RESOURCE_EXHAUSTED.
+proposals_in_flight_max = 4000
+# pysyncobj's own command queue; kept above ours so ours is the one that answers.
+raft_commands_queue_max = proposals_in_flight_max * 2
+# How long a proposal may wait for its commit before the caller gets INDETERMINATE.
+proposal_timeout_s = 10.0
+# Reads waiting on one log barrier; more wait for the next barrier.
+reads_per_barrier_max = 2000
+reads_waiting_max = 20000
+
+# --- idempotency -------------------------------------------------------------------------
+# Results of mutating requests kept per shard so a retried request id gets the same answer.
+request_dedup_entries_max = 200_000
+request_dedup_window_ms = 24 * 3600 * 1000
+# Expired dedup entries pruned per applied command (keeps apply O(1) amortised).
+request_dedup_prune_per_command_max = 8
+
+# --- listing -----------------------------------------------------------------------------
+list_page_size_default = 100
+list_page_size_max = 1000
+# Records one shard scans for one page; a sparse filter returns a short page plus a token.
+list_scan_records_max = 20_000
+page_token_bytes_max = 16 * KIB
+
+# --- history (shape only until the execution issue fills it) -----------------------------
+history_events_per_run_max = 50_000
+
+assert command_bytes_max > payload_bytes_max
+assert grpc_message_bytes_max > command_bytes_max
+assert raft_commands_queue_max > proposals_in_flight_max
+assert reads_per_barrier_max <= reads_waiting_max
+assert list_page_size_default <= list_page_size_max <= list_scan_records_max
+assert payload_bytes_default <= payload_bytes_max
+assert workflow_id_bytes_max + type_name_bytes_max + request_id_bytes_max < command_envelope_bytes_max

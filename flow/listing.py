@@ -1,0 +1,66 @@
+"""ListWorkflows across shards: page tokens and the exact merge of per-shard pages.
+
+Every shard scans the same key space (workflow ids) in order. A shard answers with its
+matches after the cursor, where it stopped (resume_after) and whether it reached the end.
+All matches <= resume_after of a shard were returned, so the merged page may hold only
+ids <= the smallest resume_after among shards that did not reach the end; cut there (and
+at page_size), and the next cursor is the last id emitted or that bound. One cursor for
+all shards: pages are complete, ordered and duplicate-free while workflows come and go.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from coda.errors import InvalidArgument
+from coda.flow import limits
+from coda.storage import codec
+
+TOKEN_VERSION = 1
+
+
+def filter_fingerprint(statuses, types) -> str:
+    text = "|".join(sorted(statuses)) + "#" + "|".join(sorted(types))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def encode_token(after: str, fingerprint: str) -> bytes:
+    return base64.urlsafe_b64encode(codec.pack([TOKEN_VERSION, after, fingerprint]))
+
+
+def decode_token(token: bytes, fingerprint: str) -> str:
+    """The cursor in a page token; empty token: from the start."""
+    if not token:
+        return ""
+    if len(token) > limits.page_token_bytes_max:
+        raise InvalidArgument("page_token is too long", field="page_token")
+    try:
+        version, after, expected = codec.unpack(base64.urlsafe_b64decode(token))
+    except Exception:
+        raise InvalidArgument("page_token is malformed; pass back the token a previous "
+                              "ListWorkflows returned", field="page_token") from None
+    if version != TOKEN_VERSION or not isinstance(after, str):
+        raise InvalidArgument("page_token is from an incompatible version", field="page_token")
+    if expected != fingerprint:
+        raise InvalidArgument("page_token was issued for different filters", field="page_token")
+    return after
+
+
+def merge(shard_pages: list[dict], page_size: int) -> tuple[list[dict], str | None]:
+    """Merge per-shard pages ({items, resume_after, exhausted}); returns (items, next_after).
+
+    next_after is None when every shard is exhausted and all matches were emitted.
+    """
+    bounds = [p["resume_after"] for p in shard_pages if not p["exhausted"]]
+    bound = min(bounds) if bounds else None
+    items = sorted((item for p in shard_pages for item in p["items"]),
+                   key=lambda r: r["workflow_id"].encode())
+    if bound is not None:
+        items = [r for r in items if r["workflow_id"].encode() <= bound.encode()]
+    if len(items) > page_size:
+        items = items[:page_size]
+        return items, items[-1]["workflow_id"]
+    if bound is None:
+        return items, None
+    return items, bound

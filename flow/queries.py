@@ -1,0 +1,61 @@
+"""Reads of a shard's state, pure like the state machine (they take a `Txn`).
+
+They run after a log barrier (flow.replica), so what they see includes every write
+acknowledged before the read began: linearizable.
+"""
+
+from __future__ import annotations
+
+from coda.errors import NotFound
+from coda.flow import limits
+from coda.storage import codec, keys
+from coda.storage.txn import Txn
+
+
+def describe(txn: Txn, workflow_id: str, run_id: str | None = None) -> dict:
+    raw = txn.get(keys.WORKFLOWS, keys.workflow_key(workflow_id))
+    if raw is not None:
+        record = codec.unpack(raw)
+        if run_id in (None, record["run_id"]):
+            return record
+    if run_id is not None:
+        raw = txn.get(keys.RUNS, keys.run_key(workflow_id, run_id))
+        if raw is not None:
+            return codec.unpack(raw)
+        raise NotFound(f"workflow {workflow_id!r} has no run {run_id!r}",
+                       workflow_id=workflow_id, run_id=run_id)
+    raise NotFound(f"workflow {workflow_id!r} not found", workflow_id=workflow_id)
+
+
+def list_page(txn: Txn, *, after: str, statuses: tuple[str, ...], types: tuple[str, ...],
+              page_size: int, scan_max: int = limits.list_scan_records_max) -> dict:
+    """Current runs with workflow id > `after` matching the filters, in id order.
+
+    Returns {"items": [...], "resume_after": key or None, "exhausted": bool}: every match
+    with id <= resume_after was returned, so a merge across shards can page exactly.
+    """
+    items: list[dict] = []
+    scanned = 0
+    last_key: str | None = None
+    start = after.encode() + b"\x00" if after else b""
+    for key, raw in txn.scan(keys.WORKFLOWS, start=start):
+        if scanned >= scan_max or len(items) >= page_size:
+            return {"items": items, "resume_after": last_key, "exhausted": False}
+        scanned += 1
+        last_key = key.decode()
+        record = codec.unpack(raw)
+        if statuses and record["status"] not in statuses:
+            continue
+        if types and record["workflow_type"] not in types:
+            continue
+        items.append(record)
+    return {"items": items, "resume_after": last_key, "exhausted": True}
+
+
+def queue_depths(txn: Txn) -> dict[str, int]:
+    return {key.decode(): keys.from_u64(raw) for key, raw in txn.scan(keys.QUEUE_COUNTS)}
+
+
+def history(txn: Txn, workflow_id: str, run_id: str) -> list[dict]:
+    prefix = keys.history_prefix(workflow_id, run_id)
+    return [codec.unpack(raw) for _, raw in txn.scan(keys.HISTORY, prefix=prefix)]

@@ -1,0 +1,210 @@
+"""pysyncobj 0.3.17 made durable and safe for a state machine in LMDB.
+
+Every trap of shared/notes/pysyncobj.md that lives inside pysyncobj is handled here, in
+one class, so the replica (flow.replica) reads as plain Raft:
+
+1. Nothing was fsynced. `DurableFileJournal` marks itself dirty on every write and
+   `flush()` msyncs the mmap; `DurableSyncObj` flushes (a) at the start of every tick,
+   before the leader counts its own copy toward a commit, (b) right after becoming leader,
+   and (c) on a follower, before any successful append acknowledgement leaves. So an
+   entry counts toward a majority only once it is on disk, on every node that counted.
+2. Term and vote went to a `.meta` file without fsync, and a corrupt meta file read as
+   "term 0, no vote" (a double-vote risk). `DurableMetaStorer` writes tmp + fsync +
+   rename + fsync(dir) and lets a corrupt file fail loudly.
+3. Compaction could empty the log (`deleteEntriesTo(n >= len-1)`): refused here, and the
+   snapshot's rename is made durable before the journal is cut.
+4. Next-index regression: a successful append ack for an earlier pipelined batch moved
+   the leader's next index backwards, and the follower then deleted entries it had
+   already applied (any append overlapping its log truncated unconditionally).
+   `_SyncObj__onMessageReceived` is wrapped so that (a) a follower trims an append to the
+   entries it does not already hold (Raft section 5.3: delete only on a real conflict),
+   and (b) a successful ack never moves the leader's next index backwards.
+
+pysyncobj private names are mangled (`_SyncObj__x`); a subclass that defines the mangled
+name overrides it. This leans on pysyncobj==0.3.17 exactly (pinned in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pysyncobj.journal as pjournal
+import pysyncobj.syncobj as psyncobj
+from pysyncobj import SyncObj
+from pysyncobj.pickle import dumps as _pdumps, loads as _ploads
+
+log = logging.getLogger(__name__)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DurableMetaStorer(pjournal.MetaStorer):
+    """Term, vote and commit index: written atomically and durably."""
+
+    def storeMeta(self, meta):
+        path = self.getPath()
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(_pdumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def getMeta(self):
+        path = self.getPath()
+        if not os.path.exists(path):
+            return {}
+        with open(path, "rb") as f:
+            return _ploads(f.read())  # a corrupt meta file must stop the node, not reset it
+
+
+class DurableFileJournal(pjournal.FileJournal):
+    """pysyncobj's mmap journal, flushed to disk on demand (see module docstring)."""
+
+    # Set per instance by the replica before the journal is created (see journal_factory).
+    def __init__(self, path: str, snapshot_path: str):
+        pjournal.FileJournal.__init__(self, path)
+        self._FileJournal__metaStorer = DurableMetaStorer(path + ".meta")
+        self._snapshot_path = snapshot_path
+        self.dirty = False
+        self.flushes = 0
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def add(self, command, idx, term):
+        pjournal.FileJournal.add(self, command, idx, term)
+        self.dirty = True
+
+    def clear(self):
+        pjournal.FileJournal.clear(self)
+        self.dirty = True
+
+    def deleteEntriesFrom(self, entryFrom):
+        pjournal.FileJournal.deleteEntriesFrom(self, entryFrom)
+        self.dirty = True
+
+    def deleteEntriesTo(self, entryTo):
+        if entryTo >= len(self) - 1:
+            log.error("refusing to compact the Raft log to nothing (cut at %d of %d entries)",
+                      entryTo, len(self))
+            return
+        # The snapshot replacing these entries must be durable before they go.
+        fsync_dir(os.path.dirname(os.path.abspath(self._snapshot_path)))
+        pjournal.FileJournal.deleteEntriesTo(self, entryTo)
+        self.dirty = True
+        self.flush()
+
+    def flush(self):
+        if self.dirty:
+            pjournal.FileJournal.flush(self)
+            self.dirty = False
+            self.flushes += 1
+
+
+# pysyncobj builds its journal through this module-level name, with only the path. Route it
+# through a registry keyed by journal path so each replica gets a journal that knows its
+# snapshot file. Installed once per process; paths not registered get the stock journal.
+_SNAPSHOT_FOR_JOURNAL: dict[str, str] = {}
+_stock_create_journal = psyncobj.createJournal
+
+
+def _create_journal(journalFile=None):
+    if journalFile is not None and journalFile in _SNAPSHOT_FOR_JOURNAL:
+        return DurableFileJournal(journalFile, _SNAPSHOT_FOR_JOURNAL[journalFile])
+    return _stock_create_journal(journalFile)
+
+
+psyncobj.createJournal = _create_journal
+
+
+def register_journal(journal_path: str, snapshot_path: str) -> None:
+    _SNAPSHOT_FOR_JOURNAL[journal_path] = snapshot_path
+
+
+class DurableSyncObj(SyncObj):
+    """SyncObj with durable acks and the next-index/truncation fix (module docstring)."""
+
+    @property
+    def raft_journal(self):
+        return self._SyncObj__raftLog
+
+    def _flush_journal(self) -> None:
+        journal = self._SyncObj__raftLog
+        if isinstance(journal, DurableFileJournal):
+            journal.flush()
+
+    # 1a: the leader counts its own copy in _onTick; only flushed entries may count.
+    def _onTick(self, timeToWait=0.0):
+        self._flush_journal()
+        return SyncObj._onTick(self, timeToWait)
+
+    # 1b: a new leader appends a no-op and may count it at once (single-node cluster).
+    def _SyncObj__onBecomeLeader(self):
+        SyncObj._SyncObj__onBecomeLeader(self)
+        self._flush_journal()
+
+    # 1c: a follower's successful append ack leaves only after its entries are on disk.
+    def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
+        if success:
+            self._flush_journal()
+        return SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset,
+                                                 nextNodeIdx=nextNodeIdx, success=success)
+
+    # 4: next-index regression and truncation of applied entries.
+    def _SyncObj__onMessageReceived(self, node, message):
+        kind = message.get("type")
+        if (kind == "append_entries" and "prevLogIdx" in message
+                and message.get("transmission") is None
+                and message.get("term", -1) >= self.raftCurrentTerm):
+            self._trim_known_entries(message)
+        if kind == "next_node_idx" and self._isLeader():
+            next_index = self._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            if (before is not None and node in next_index and message.get("success")
+                    and not message.get("reset")):
+                next_index[node] = max(before, next_index[node])
+            return None
+        return SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _trim_known_entries(self, message: dict) -> None:
+        """Rewrite an append so pysyncobj deletes entries only on a real term conflict.
+
+        pysyncobj deletes everything after prevLogIdx whenever it holds anything there.
+        We drop the leading entries we already hold with the same term and move prevLogIdx
+        past them; if nothing new remains, we point prevLogIdx at the furthest index known
+        to match the leader (our last entry if it is of the leader's term — Log Matching —
+        else at least our commit index), so nothing committed is ever cut.
+        """
+        journal = self._SyncObj__raftLog
+        first, last = journal[0][1], journal[-1][1]
+
+        def term_at(index):
+            if index is None or not first <= index <= last:
+                return None
+            return journal[index - first][2]
+
+        prev_index = message["prevLogIdx"]
+        if prev_index is None or term_at(prev_index) != message["prevLogTerm"]:
+            return  # pysyncobj rejects it and resets the leader's next index: correct
+        entries = message.get("entries") or []
+        held = 0
+        while held < len(entries) and term_at(entries[held][1]) == entries[held][2]:
+            held += 1
+        if held:
+            message["prevLogIdx"], message["prevLogTerm"] = entries[held - 1][1], entries[held - 1][2]
+            message["entries"] = entries = entries[held:]
+        if entries:
+            return
+        if journal[-1][2] == message["term"]:
+            safe = last
+        else:
+            safe = max(message["prevLogIdx"], min(self.raftCommitIndex, last))
+        message["prevLogIdx"], message["prevLogTerm"] = safe, term_at(safe)

@@ -1,0 +1,331 @@
+"""One shard replica on one node: a pysyncobj Raft member applying into LMDB.
+
+Threads: pysyncobj's tick thread applies entries, commits LMDB batches, writes and loads
+snapshots; the node's asyncio loop proposes commands and serves reads. They meet only
+through `loop.call_soon_threadsafe` (results) and `_status` (an immutable dict the tick
+thread replaces every ~0.25 s), so neither blocks the other.
+
+- One replicated entry point, `apply_entry(data: bytes)`: versioned msgpack commands
+  (flow.commands), so pysyncobj's method ids never change.
+- Group commit: `_SyncObj__applyLogEntries` is wrapped; every entry applied in a tick goes
+  into one LMDB transaction, committed with the applied index before any client hears of
+  its result (results are held until the commit).
+- Linearizable reads: `read(fn)` waits for a log barrier (a no-op command, batched across
+  concurrent reads) to commit, then reads LMDB. Never `_isLeader()`: an isolated old leader
+  can't commit a barrier, so it can't answer a read.
+- Snapshots: a custom serializer writes [header | compacting LMDB copy] into one file, in
+  the tick thread (no fork); the deserializer swaps LMDB only if the snapshot is newer.
+- A cap on proposals in flight; every proposal has a timeout (pysyncobj's callbacks may
+  never fire, e.g. for entries covered by a snapshot install).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import shutil
+import struct
+import tempfile
+import time
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from coda.errors import (CodaError, Indeterminate, NotLeader, ResourceExhausted, Unavailable,
+                         from_wire)
+from coda.flow import commands, limits, metrics, queries
+from coda.flow.applier import Applier
+from coda.flow.config import NodeConfig
+from coda.flow.raft_base import DurableSyncObj, fsync_dir, register_journal
+from coda.storage.env import ShardStore
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_MAGIC = b"CODASNP1"
+_HEADER = struct.Struct(">8sQQ")  # magic, LMDB applied index, length of pickled raft_data
+STATUS_PERIOD_S = 0.25
+
+ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+def raft_conf(cfg: NodeConfig, shard: int, serializer, deserializer, on_state) -> SyncObjConf:
+    """Every pysyncobj option we depend on, set explicitly."""
+    t = cfg.raft
+    base = cfg.shard_dir(shard)
+    return SyncObjConf(
+        autoTick=True,
+        autoTickPeriod=t.auto_tick_period_s,
+        appendEntriesPeriod=t.append_entries_period_s,
+        appendEntriesUseBatch=True,
+        appendEntriesBatchSizeBytes=256 * 1024,
+        raftMinTimeout=t.election_timeout_min_s,
+        raftMaxTimeout=t.election_timeout_max_s,
+        leaderFallbackTimeout=t.leader_fallback_timeout_s,
+        connectionTimeout=t.connection_timeout_s,
+        connectionRetryTime=t.connection_retry_s,
+        commandsQueueSize=limits.raft_commands_queue_max,
+        commandsWaitLeader=False,       # we route to leaders ourselves
+        dynamicMembershipChange=False,
+        journalFile=os.path.join(base, "raft.journal"),
+        fullDumpFile=os.path.join(base, "raft.snapshot"),
+        serializer=serializer,
+        deserializer=deserializer,
+        logCompactionMinEntries=t.log_compaction_min_entries,
+        logCompactionMinTime=t.log_compaction_min_time_s,
+        logCompactionSplit=False,
+        useFork=False,
+        password=cfg.secret,
+        bindAddress=cfg.me.raft_address(shard),
+        maxBindRetries=5,
+        bindRetryTime=1.0,
+        onStateChanged=on_state,
+        pollerType="auto",
+    )
+
+
+class ShardReplica(DurableSyncObj):
+    def __init__(self, cfg: NodeConfig, shard: int, loop: asyncio.AbstractEventLoop):
+        self.cfg = cfg
+        self.shard = shard
+        self.loop = loop
+        self._label = str(shard)
+        base = cfg.shard_dir(shard)
+        os.makedirs(base, exist_ok=True)
+        self.store = ShardStore(os.path.join(base, "lmdb"))
+        self.applier = Applier(self.store)
+        self._results_after_commit: list = []
+        self._in_flight = 0
+        self._barrier_waiters: list[asyncio.Future] = []
+        self._barrier_task: asyncio.Task | None = None
+        self._status: dict = {"role": "follower", "term": 0, "leader": None}
+        self._status_due_s = 0.0
+        self._last_leader = None
+        conf = raft_conf(cfg, shard, self._write_snapshot, self._load_snapshot,
+                         self._on_state_changed)
+        register_journal(conf.journalFile, conf.fullDumpFile)
+        peers = [n.raft_address(shard) for n in cfg.peers()]
+        super().__init__(cfg.me.raft_address(shard), peers, conf)
+        self.addOnTickCallback(self._publish_status)
+
+    # === tick thread ===================================================================
+
+    @replicated
+    def apply_entry(self, data):
+        return self.applier.apply(self.raftLastApplied + 1, data)
+
+    def _SyncObj__applyLogEntries(self):
+        try:
+            need_send = SyncObj._SyncObj__applyLogEntries(self)
+            self._commit_batch()
+        except BaseException:
+            # LMDB failed under us (disk full, I/O error): the applied index in memory is
+            # ahead of what is stored. Stop; a restart replays the journal from LMDB's index.
+            log.critical("shard %d: applying committed entries failed; exiting", self.shard,
+                         exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+        return need_send
+
+    def _commit_batch(self) -> None:
+        entries = self.applier.commit()
+        if entries:
+            metrics.apply_batch_entries.labels(self._label).observe(entries)
+            metrics.apply_batch_seconds.labels(self._label).observe(self.applier.last_batch_duration_s)
+        results, self._results_after_commit = self._results_after_commit, []
+        for future, result, error in results:
+            self.loop.call_soon_threadsafe(_settle, future, result, error)
+
+    def _write_snapshot(self, tmp_path: str, raft_data) -> None:
+        """pysyncobj serializer: [header | pickled raft_data | compacting LMDB copy]."""
+        try:
+            self._commit_batch()
+            applied = self.store.applied_index()
+            raft_blob = pickle.dumps(raft_data, protocol=pickle.HIGHEST_PROTOCOL)
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(tmp_path)) as copy_dir:
+                data_file = self.store.copy_compact(copy_dir)
+                with open(tmp_path, "wb") as out, open(data_file, "rb") as src:
+                    out.write(_HEADER.pack(SNAPSHOT_MAGIC, applied, len(raft_blob)))
+                    out.write(raft_blob)
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+                    out.flush()
+                    os.fsync(out.fileno())
+            metrics.snapshots_written.labels(self._label).inc()
+            log.info("shard %d: snapshot written at applied index %d", self.shard, applied)
+        except Exception:
+            log.exception("shard %d: writing a snapshot failed", self.shard)
+            raise
+
+    def _load_snapshot(self, path: str):
+        """pysyncobj deserializer: adopt the snapshot's LMDB if it is newer than ours."""
+        try:
+            with open(path, "rb") as f:
+                magic, applied, raft_len = _HEADER.unpack(f.read(_HEADER.size))
+                if magic != SNAPSHOT_MAGIC:
+                    raise ValueError(f"{path} is not a Coda snapshot")
+                raft_data = pickle.loads(f.read(raft_len))
+                if applied > self.store.applied_index():
+                    self._commit_batch()
+                    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".mdb")
+                    with os.fdopen(fd, "wb") as out:
+                        shutil.copyfileobj(f, out, 1024 * 1024)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    self.store.replace_with(tmp)
+                    self.applier.reload()
+                    metrics.snapshot_installs.labels(self._label).inc()
+                    log.info("shard %d: installed snapshot at applied index %d", self.shard, applied)
+            return tuple(raft_data)
+        except Exception:
+            # pysyncobj would swallow this and ack the install with the old log.
+            log.critical("shard %d: loading snapshot %s failed; exiting", self.shard, path,
+                         exc_info=True)
+            logging.shutdown()
+            os._exit(71)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        log.info("shard %d: %s -> %s", self.shard, ROLE_NAMES.get(old), ROLE_NAMES.get(new))
+
+    def _publish_status(self) -> None:
+        now = time.monotonic()
+        if now < self._status_due_s:
+            return
+        self._status_due_s = now + STATUS_PERIOD_S
+        raw = self.getStatus()
+        leader = raw.get("leader")
+        leader_addr = leader.address if leader is not None else None
+        if leader_addr != self._last_leader and leader_addr is not None:
+            metrics.leader_changes.labels(self._label).inc()
+        self._last_leader = leader_addr
+        self._status = {
+            "role": ROLE_NAMES.get(raw["state"], "follower"), "term": raw["raft_term"],
+            "commit_index": raw["commit_idx"], "applied_index": self.applier.applied_index,
+            "log_length": raw["log_len"], "leader": leader_addr,
+            "has_quorum": bool(raw.get("has_quorum")),
+        }
+        lbl = self._label
+        metrics.raft_role.labels(lbl).set(raw["state"])
+        metrics.raft_term.labels(lbl).set(raw["raft_term"])
+        metrics.commit_index.labels(lbl).set(raw["commit_idx"])
+        metrics.applied_index.labels(lbl).set(self.applier.applied_index)
+        metrics.log_entries.labels(lbl).set(raw["log_len"])
+        metrics.has_quorum.labels(lbl).set(1 if raw.get("has_quorum") else 0)
+
+    # === asyncio thread ================================================================
+
+    def status(self) -> dict:
+        return self._status
+
+    def is_leader(self) -> bool:
+        """A routing hint only: correctness never depends on it (reads use barriers)."""
+        return self._isLeader()
+
+    def leader_raft_address(self) -> str | None:
+        leader = self._getLeader()
+        return leader.address if leader is not None else None
+
+    def leader_hint(self) -> str | None:
+        """The leader's client address, if known."""
+        address = self.leader_raft_address()
+        node = self.cfg.node_by_raft_address(self.shard, address) if address else None
+        return node.client if node else None
+
+    async def propose(self, data: bytes, timeout_s: float = limits.proposal_timeout_s) -> dict:
+        """Commit one command; returns its `ok` body or raises the CodaError it produced."""
+        if not self._isLeader():
+            raise NotLeader(f"this node does not lead shard {self.shard}",
+                            shard=self.shard, leader_hint=self.leader_hint())
+        if self._in_flight >= limits.proposals_in_flight_max:
+            metrics.rejected_proposals.labels(self._label, "in_flight").inc()
+            raise ResourceExhausted(
+                f"shard {self.shard} has {self._in_flight} proposals in flight, the limit is "
+                f"{limits.proposals_in_flight_max}", shard=self.shard)
+        future = self.loop.create_future()
+        self._in_flight += 1
+        metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
+        try:
+            self.apply_entry(data, callback=lambda result, error: self._on_result(future, result, error))
+            try:
+                result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            except TimeoutError:
+                raise Indeterminate(f"shard {self.shard}: no outcome within {timeout_s:.1f} s; "
+                                    "the command may still commit", shard=self.shard) from None
+        finally:
+            self._in_flight -= 1
+            metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
+        if "error" in result:
+            raise from_wire(result["error"])
+        return result["ok"]
+
+    def _on_result(self, future, result, error) -> None:
+        # Tick thread (or the caller's thread for QUEUE_FULL). A success waits for the
+        # batch commit so nobody can read LMDB before the write it was told about.
+        if error == FAIL_REASON.SUCCESS:
+            self._results_after_commit.append((future, result, error))
+        else:
+            self.loop.call_soon_threadsafe(_settle, future, result, error)
+
+    async def read(self, fn):
+        """Run fn(txn) on LMDB after a log barrier: linearizable."""
+        await self._barrier()
+        with self.store.read() as txn:
+            return fn(txn)
+
+    async def _barrier(self) -> None:
+        if len(self._barrier_waiters) >= limits.reads_waiting_max:
+            raise ResourceExhausted(f"shard {self.shard}: {len(self._barrier_waiters)} reads "
+                                    "waiting for a barrier", shard=self.shard)
+        waiter = self.loop.create_future()
+        self._barrier_waiters.append(waiter)
+        if self._barrier_task is None or self._barrier_task.done():
+            self._barrier_task = self.loop.create_task(self._run_barriers())
+        await waiter
+
+    async def _run_barriers(self) -> None:
+        # Each barrier is proposed after every read it answers arrived: reads that arrive
+        # while one is in flight wait for the next.
+        while self._barrier_waiters:
+            batch = self._barrier_waiters[:limits.reads_per_barrier_max]
+            del self._barrier_waiters[:len(batch)]
+            try:
+                await self.propose(commands.barrier(time_ms=int(time.time() * 1000)))
+                metrics.read_barriers.labels(self._label).inc()
+                outcome = None
+            except CodaError as exc:
+                outcome = exc
+            for waiter in batch:
+                if waiter.done():
+                    continue
+                if outcome is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(outcome)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Local (possibly stale) queue depths, for metrics and cluster status."""
+        try:
+            with self.store.read() as txn:
+                return queries.queue_depths(txn)
+        except Exception:
+            return {}
+
+    def close(self) -> None:
+        self.destroy_synchronous()
+        self._commit_batch()
+        self.store.close()
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.done():
+        return
+    if error == FAIL_REASON.SUCCESS:
+        future.set_result(result)
+    elif error == FAIL_REASON.QUEUE_FULL:
+        future.set_exception(ResourceExhausted("the Raft command queue is full"))
+    elif error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER):
+        future.set_exception(NotLeader("leadership was lost before the command was logged"))
+    elif error in (FAIL_REASON.DISCARDED, FAIL_REASON.REQUEST_DENIED):
+        # DISCARDED: another term's entry took this index: the command surely did not apply.
+        future.set_exception(Unavailable("the command was discarded by a leader change"))
+    else:  # LEADER_CHANGED, UNKNOWN_OUTCOME
+        future.set_exception(Indeterminate("leadership changed while the command was in flight"))

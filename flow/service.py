@@ -1,0 +1,328 @@
+"""gRPC servicers of a Flow node: the client API (Flow) and node-to-node calls (Peer).
+
+Any node accepts any request. A request for a shard this node leads is proposed or read
+here; otherwise it is forwarded once to the leader's node (marked so it is not forwarded
+again: a forwarded request that misses the leader answers NOT_LEADER with a hint).
+Errors leave as a gRPC status plus `coda-error-bin` trailers (flow.wire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+
+import grpc
+
+from coda.api import flow_pb2 as pb
+from coda.api import flow_pb2_grpc as pb_grpc
+from coda.errors import (CodaError, Indeterminate, Internal, InvalidArgument, NotLeader,
+                         Unavailable)
+from coda.flow import commands, limits, listing, metrics, model, queries, validate, wire
+from coda.flow.config import NodeConfig
+from coda.flow.replica import ShardReplica
+from coda.flow.sharding import shard_for
+from coda.storage import codec
+
+log = logging.getLogger(__name__)
+
+# How long a request waits for a shard to elect a leader before answering UNAVAILABLE.
+LEADER_WAIT_S = 5.0
+LEADER_POLL_S = 0.05
+FORWARD_TIMEOUT_S = limits.proposal_timeout_s + 2.0
+PEER_STATUS_TIMEOUT_S = 1.0
+
+REUSE_BY_ENUM = {pb.ALLOW_DUPLICATE: model.ALLOW_DUPLICATE,
+                 pb.ALLOW_DUPLICATE_FAILED_ONLY: model.ALLOW_DUPLICATE_FAILED_ONLY,
+                 pb.REJECT_DUPLICATE: model.REJECT_DUPLICATE,
+                 pb.TERMINATE_IF_RUNNING: model.TERMINATE_IF_RUNNING}
+
+
+def rpc(method):
+    """Count, time and translate errors for one servicer method."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(self, request, context)
+        except CodaError as exc:
+            code = wire.status_for(exc).name
+            context.set_trailing_metadata(wire.error_trailers(exc))
+            await context.abort(wire.status_for(exc), exc.message)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code = "INTERNAL"
+            log.exception("%s failed", name)
+            err = Internal(f"{name} failed: {exc!r}")
+            context.set_trailing_metadata(wire.error_trailers(err))
+            await context.abort(grpc.StatusCode.INTERNAL, err.message)
+        finally:
+            metrics.grpc_requests.labels(name, code).inc()
+            metrics.grpc_seconds.labels(name).observe(time.perf_counter() - started)
+
+    return wrapper
+
+
+def is_forwarded(context) -> bool:
+    return any(k == wire.FORWARDED_METADATA_KEY for k, _ in (context.invocation_metadata() or ()))
+
+
+def workflow_info(record: dict, shard: int) -> pb.WorkflowInfo:
+    failure = record.get("failure") or {}
+    return pb.WorkflowInfo(
+        workflow_id=record["workflow_id"], run_id=record["run_id"],
+        workflow_type=record["workflow_type"], status=record["status"],
+        start_time_ms=record["start_time_ms"], close_time_ms=record.get("close_time_ms") or 0,
+        attempt=record.get("attempt", 1), history_length=record.get("history_length", 0),
+        shard=shard, result=record.get("result") or b"",
+        failure=failure.get("message", "") if isinstance(failure, dict) else str(failure),
+        queued_on=record["queue"] if record.get("queue_seq") is not None else "")
+
+
+class Router:
+    """Finds a shard's leader: this node's replica, or a peer's client address."""
+
+    def __init__(self, cfg: NodeConfig, replicas: list[ShardReplica]):
+        self.cfg = cfg
+        self.replicas = replicas
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def shard_of(self, workflow_id: str) -> int:
+        return shard_for(workflow_id, self.cfg.shards)
+
+    def flow_stub(self, address: str) -> pb_grpc.FlowStub:
+        return pb_grpc.FlowStub(self._channel(address))
+
+    def peer_stub(self, address: str) -> pb_grpc.PeerStub:
+        return pb_grpc.PeerStub(self._channel(address))
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address, options=channel_options())
+        return self._channels[address]
+
+    async def on_leader(self, shard: int, context, local, remote):
+        """Run `local(replica)` if this node leads `shard`, else `remote(leader_address)`."""
+        replica = self.replicas[shard]
+        deadline = time.monotonic() + LEADER_WAIT_S
+        while True:
+            if replica.is_leader():
+                return await local(replica)
+            hint = replica.leader_hint()
+            if is_forwarded(context):
+                raise NotLeader(f"this node does not lead shard {shard}", shard=shard,
+                                leader_hint=hint)
+            if hint is not None and hint != self.cfg.me.client:
+                try:
+                    return await remote(hint)
+                except grpc.aio.AioRpcError as exc:
+                    err = wire.error_from_rpc(exc, target=hint)
+                    if not (isinstance(err, NotLeader) or
+                            (isinstance(err, Indeterminate) and _never_sent(exc))):
+                        raise err from None
+            if time.monotonic() > deadline:
+                raise Unavailable(f"shard {shard} has no reachable leader", shard=shard)
+            await asyncio.sleep(LEADER_POLL_S)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
+    # A connection that could not be made carried no request: safe to retry elsewhere.
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower()
+
+
+def channel_options() -> list:
+    return [("grpc.max_send_message_length", limits.grpc_message_bytes_max),
+            ("grpc.max_receive_message_length", limits.grpc_message_bytes_max),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.enable_retries", 0)]
+
+
+def forward_metadata() -> tuple:
+    return ((wire.FORWARDED_METADATA_KEY, "1"),)
+
+
+class FlowService(pb_grpc.FlowServicer):
+    def __init__(self, cfg: NodeConfig, router: Router):
+        self.cfg = cfg
+        self.router = router
+
+    @rpc
+    async def StartWorkflow(self, request, context):
+        workflow_id = validate.workflow_id(request.workflow_id)
+        workflow_type = validate.type_name(request.workflow_type)
+        request_id = validate.request_id(request.request_id or uuid.uuid4().hex)
+        policy = REUSE_BY_ENUM.get(request.reuse_policy)
+        if policy is None:
+            raise InvalidArgument(f"unknown reuse_policy {request.reuse_policy}", field="reuse_policy")
+        payload = bytes(request.input) or codec.pack(None)
+        if len(payload) > self.cfg.payload_bytes_max:
+            raise InvalidArgument(f"workflow input is {len(payload)} bytes, over the limit of "
+                                  f"{self.cfg.payload_bytes_max} bytes", field="input",
+                                  size_bytes=len(payload), limit_bytes=self.cfg.payload_bytes_max)
+        codec.decode_payload(payload, what="workflow input")
+        shard = self.router.shard_of(workflow_id)
+
+        async def local(replica):
+            data = commands.start_workflow(
+                request_id=request_id, time_ms=int(time.time() * 1000), workflow_id=workflow_id,
+                workflow_type=workflow_type, input_payload=payload, run_id=uuid.uuid4().hex,
+                reuse_policy=policy)
+            ok = await replica.propose(data)
+            return pb.StartWorkflowResponse(run_id=ok["run_id"], started=ok["started"], shard=shard)
+
+        async def remote(address):
+            forwarded = pb.StartWorkflowRequest()
+            forwarded.CopyFrom(request)
+            forwarded.request_id = request_id
+            return await self.router.flow_stub(address).StartWorkflow(
+                forwarded, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S)
+
+        return await self.router.on_leader(shard, context, local, remote)
+
+    @rpc
+    async def DescribeWorkflow(self, request, context):
+        workflow_id = validate.workflow_id(request.workflow_id)
+        run_id = validate.run_id(request.run_id) if request.run_id else None
+        shard = self.router.shard_of(workflow_id)
+
+        async def local(replica):
+            record = await replica.read(lambda txn: queries.describe(txn, workflow_id, run_id))
+            return pb.DescribeWorkflowResponse(workflow=workflow_info(record, shard))
+
+        async def remote(address):
+            return await self.router.flow_stub(address).DescribeWorkflow(
+                request, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S)
+
+        return await self.router.on_leader(shard, context, local, remote)
+
+    @rpc
+    async def ListWorkflows(self, request, context):
+        statuses = tuple(request.statuses)
+        for status in statuses:
+            if status not in model.WORKFLOW_STATUSES:
+                raise InvalidArgument(f"unknown status {status!r}; one of "
+                                      f"{', '.join(model.WORKFLOW_STATUSES)}", field="statuses")
+        types = tuple(validate.type_name(t) for t in request.workflow_types)
+        page_size = min(request.page_size or limits.list_page_size_default,
+                        limits.list_page_size_max)
+        fingerprint = listing.filter_fingerprint(statuses, types)
+        after = listing.decode_token(bytes(request.page_token), fingerprint)
+        shard_request = dict(after=after, statuses=statuses, workflow_types=types,
+                             page_size=page_size)
+        pages = await asyncio.gather(*(
+            list_shard(self.router, shard, context, shard_request)
+            for shard in range(self.cfg.shards)))
+        items, next_after = listing.merge(list(pages), page_size)
+        return pb.ListWorkflowsResponse(
+            workflows=[workflow_info(r, self.router.shard_of(r["workflow_id"])) for r in items],
+            next_page_token=listing.encode_token(next_after, fingerprint) if next_after else b"")
+
+    @rpc
+    async def GetClusterStatus(self, request, context):
+        local = local_status(self.cfg, self.router.replicas)
+        peers = await asyncio.gather(*(
+            self._peer_status(node) for node in self.cfg.peers()))
+        by_node = {self.cfg.node_id: local, **{n.id: s for n, s in zip(self.cfg.peers(), peers)}}
+        shards = []
+        for shard in range(self.cfg.shards):
+            replicas = [by_node[n.id][shard] for n in self.cfg.nodes]
+            leaders = {r.address for r in replicas if r.role == "leader" and r.reachable}
+            replica = self.router.replicas[shard]
+            shards.append(pb.ShardStatus(
+                shard=shard, leader=next(iter(leaders)) if len(leaders) == 1 else "",
+                replicas=replicas, queue_depths=replica.queue_depths()))
+        return pb.GetClusterStatusResponse(shard_count=self.cfg.shards, shards=shards,
+                                           answered_by=self.cfg.node_id)
+
+    async def _peer_status(self, node) -> list:
+        try:
+            answer = await self.router.peer_stub(node.client).GetLocalStatus(
+                pb.GetLocalStatusRequest(), timeout=PEER_STATUS_TIMEOUT_S)
+            return list(answer.replicas)
+        except grpc.aio.AioRpcError:
+            return [pb.ReplicaStatus(node_id=node.id, address=node.client, role="unreachable",
+                                     reachable=False) for _ in range(self.cfg.shards)]
+
+    @rpc
+    async def GetShardMap(self, request, context):
+        return pb.GetShardMapResponse(
+            shard_count=self.cfg.shards,
+            leaders=[(self.cfg.me.client if r.is_leader() else r.leader_hint()) or ""
+                     for r in self.router.replicas])
+
+
+async def list_shard(router: Router, shard: int, context, req: dict) -> dict:
+    async def local(replica):
+        return await replica.read(lambda txn: queries.list_page(
+            txn, after=req["after"], statuses=req["statuses"], types=req["workflow_types"],
+            page_size=req["page_size"]))
+
+    async def remote(address):
+        answer = await router.peer_stub(address).ListShard(
+            pb.ListShardRequest(shard=shard, **req), metadata=forward_metadata(),
+            timeout=FORWARD_TIMEOUT_S)
+        return {"items": [_record_from_info(w) for w in answer.workflows],
+                "resume_after": answer.resume_after or None, "exhausted": answer.exhausted}
+
+    return await router.on_leader(shard, context, local, remote)
+
+
+def _record_from_info(info: pb.WorkflowInfo) -> dict:
+    return {"workflow_id": info.workflow_id, "run_id": info.run_id,
+            "workflow_type": info.workflow_type, "status": info.status,
+            "start_time_ms": info.start_time_ms, "close_time_ms": info.close_time_ms or None,
+            "attempt": info.attempt, "history_length": info.history_length,
+            "result": bytes(info.result) or None,
+            "failure": {"message": info.failure} if info.failure else None,
+            "queue": info.queued_on, "queue_seq": 0 if info.queued_on else None}
+
+
+def local_status(cfg: NodeConfig, replicas: list[ShardReplica]) -> list:
+    out = []
+    for replica in replicas:
+        s = replica.status()
+        leader = s.get("leader")
+        node = cfg.node_by_raft_address(replica.shard, leader) if leader else None
+        out.append(pb.ReplicaStatus(
+            node_id=cfg.node_id, address=cfg.me.client, role=s.get("role", "follower"),
+            term=s.get("term", 0), commit_index=s.get("commit_index", 0),
+            applied_index=s.get("applied_index", 0), log_length=s.get("log_length", 0),
+            leader=node.client if node else "", reachable=True))
+    return out
+
+
+class PeerService(pb_grpc.PeerServicer):
+    def __init__(self, cfg: NodeConfig, router: Router):
+        self.cfg = cfg
+        self.router = router
+
+    @rpc
+    async def GetLocalStatus(self, request, context):
+        return pb.GetLocalStatusResponse(node_id=self.cfg.node_id,
+                                         replicas=local_status(self.cfg, self.router.replicas))
+
+    @rpc
+    async def ListShard(self, request, context):
+        if request.shard >= self.cfg.shards:
+            raise InvalidArgument(f"shard {request.shard} does not exist "
+                                  f"(the cluster has {self.cfg.shards})", field="shard")
+        req = dict(after=request.after, statuses=tuple(request.statuses),
+                   workflow_types=tuple(request.workflow_types),
+                   page_size=min(request.page_size or 1, limits.list_page_size_max))
+        page = await list_shard(self.router, request.shard, context, req)
+        return pb.ListShardResponse(
+            workflows=[workflow_info(r, request.shard) for r in page["items"]],
+            resume_after=page["resume_after"] or "", exhausted=page["exhausted"])

@@ -1,0 +1,336 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WorkflowIdReusePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALLOW_DUPLICATE: _ClassVar[WorkflowIdReusePolicy]
+    ALLOW_DUPLICATE_FAILED_ONLY: _ClassVar[WorkflowIdReusePolicy]
+    REJECT_DUPLICATE: _ClassVar[WorkflowIdReusePolicy]
+    TERMINATE_IF_RUNNING: _ClassVar[WorkflowIdReusePolicy]
+ALLOW_DUPLICATE: WorkflowIdReusePolicy
+ALLOW_DUPLICATE_FAILED_ONLY: WorkflowIdReusePolicy
+REJECT_DUPLICATE: WorkflowIdReusePolicy
+TERMINATE_IF_RUNNING: WorkflowIdReusePolicy
+
+class StartWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    REUSE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    workflow_type: str
+    input: bytes
+    reuse_policy: WorkflowIdReusePolicy
+    request_id: str
+    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., reuse_policy: _Optional[_Union[WorkflowIdReusePolicy, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StartWorkflowResponse(_message.Message):
+    __slots__ = ("run_id", "started", "shard")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    started: bool
+    shard: int
+    def __init__(self, run_id: _Optional[str] = ..., started: _Optional[bool] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class DescribeWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "run_id")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class WorkflowInfo(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "workflow_type", "status", "start_time_ms", "close_time_ms", "attempt", "history_length", "shard", "result", "failure", "queued_on")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_ON_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str
+    start_time_ms: int
+    close_time_ms: int
+    attempt: int
+    history_length: int
+    shard: int
+    result: bytes
+    failure: str
+    queued_on: str
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ...) -> None: ...
+
+class DescribeWorkflowResponse(_message.Message):
+    __slots__ = ("workflow",)
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    workflow: WorkflowInfo
+    def __init__(self, workflow: _Optional[_Union[WorkflowInfo, _Mapping]] = ...) -> None: ...
+
+class ListWorkflowsRequest(_message.Message):
+    __slots__ = ("statuses", "workflow_types", "page_size", "page_token")
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedScalarFieldContainer[str]
+    workflow_types: _containers.RepeatedScalarFieldContainer[str]
+    page_size: int
+    page_token: bytes
+    def __init__(self, statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[bytes] = ...) -> None: ...
+
+class ListWorkflowsResponse(_message.Message):
+    __slots__ = ("workflows", "next_page_token")
+    WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    workflows: _containers.RepeatedCompositeFieldContainer[WorkflowInfo]
+    next_page_token: bytes
+    def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., next_page_token: _Optional[bytes] = ...) -> None: ...
+
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("node_id", "address", "role", "term", "commit_index", "applied_index", "log_length", "leader", "reachable")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOG_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    role: str
+    term: int
+    commit_index: int
+    applied_index: int
+    log_length: int
+    leader: str
+    reachable: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., log_length: _Optional[int] = ..., leader: _Optional[str] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class ShardStatus(_message.Message):
+    __slots__ = ("shard", "leader", "replicas", "queue_depths")
+    class QueueDepthsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTHS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    leader: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    queue_depths: _containers.ScalarMap[str, int]
+    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., queue_depths: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class GetClusterStatusResponse(_message.Message):
+    __slots__ = ("shard_count", "shards", "answered_by")
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    shard_count: int
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
+    answered_by: str
+    def __init__(self, shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., answered_by: _Optional[str] = ...) -> None: ...
+
+class GetShardMapRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetShardMapResponse(_message.Message):
+    __slots__ = ("shard_count", "leaders")
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LEADERS_FIELD_NUMBER: _ClassVar[int]
+    shard_count: int
+    leaders: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shard_count: _Optional[int] = ..., leaders: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListShardRequest(_message.Message):
+    __slots__ = ("shard", "after", "statuses", "workflow_types", "page_size")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    after: str
+    statuses: _containers.RepeatedScalarFieldContainer[str]
+    workflow_types: _containers.RepeatedScalarFieldContainer[str]
+    page_size: int
+    def __init__(self, shard: _Optional[int] = ..., after: _Optional[str] = ..., statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListShardResponse(_message.Message):
+    __slots__ = ("workflows", "resume_after", "exhausted")
+    WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
+    EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    workflows: _containers.RepeatedCompositeFieldContainer[WorkflowInfo]
+    resume_after: str
+    exhausted: bool
+    def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., resume_after: _Optional[str] = ..., exhausted: _Optional[bool] = ...) -> None: ...
+
+class GetLocalStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetLocalStatusResponse(_message.Message):
+    __slots__ = ("node_id", "replicas")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, node_id: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+
+class SupervisorHello(_message.Message):
+    __slots__ = ("supervisor_id", "build_id", "workflow_types", "task_types", "slots", "shard")
+    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    supervisor_id: str
+    build_id: str
+    workflow_types: _containers.RepeatedScalarFieldContainer[str]
+    task_types: _containers.RepeatedScalarFieldContainer[str]
+    slots: int
+    shard: int
+    def __init__(self, supervisor_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflow_types: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("slots",)
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    slots: int
+    def __init__(self, slots: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_ms", "tasks")
+    SENT_MS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    sent_ms: int
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskHeartbeat]
+    def __init__(self, sent_ms: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskHeartbeat, _Mapping]]] = ...) -> None: ...
+
+class TaskHeartbeat(_message.Message):
+    __slots__ = ("workflow_id", "task_key", "attempt", "details")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    task_key: str
+    attempt: int
+    details: bytes
+    def __init__(self, workflow_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., details: _Optional[bytes] = ...) -> None: ...
+
+class Completion(_message.Message):
+    __slots__ = ("request_id", "workflow_id", "run_id", "task_key", "attempt", "result", "failure", "workflow_commands")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    workflow_id: str
+    run_id: str
+    task_key: str
+    attempt: int
+    result: bytes
+    failure: Failure
+    workflow_commands: bytes
+    def __init__(self, request_id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., workflow_commands: _Optional[bytes] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("message", "error_type", "stack", "non_retryable")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    NON_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    error_type: str
+    stack: str
+    non_retryable: bool
+    def __init__(self, message: _Optional[str] = ..., error_type: _Optional[str] = ..., stack: _Optional[str] = ..., non_retryable: _Optional[bool] = ...) -> None: ...
+
+class CompletionBatch(_message.Message):
+    __slots__ = ("completions",)
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    completions: _containers.RepeatedCompositeFieldContainer[Completion]
+    def __init__(self, completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ...) -> None: ...
+
+class SupervisorMessage(_message.Message):
+    __slots__ = ("hello", "credit", "heartbeat", "completions")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    hello: SupervisorHello
+    credit: Credit
+    heartbeat: Heartbeat
+    completions: CompletionBatch
+    def __init__(self, hello: _Optional[_Union[SupervisorHello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., completions: _Optional[_Union[CompletionBatch, _Mapping]] = ...) -> None: ...
+
+class Dispatch(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "task_key", "type_name", "attempt", "lease_deadline_ms", "input")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    task_key: str
+    type_name: str
+    attempt: int
+    lease_deadline_ms: int
+    input: bytes
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., type_name: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., input: _Optional[bytes] = ...) -> None: ...
+
+class CompletionAcks(_message.Message):
+    __slots__ = ("request_ids", "rejected")
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    rejected: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FlowMessage(_message.Message):
+    __slots__ = ("dispatch", "acks", "not_leader_hint")
+    DISPATCH_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    NOT_LEADER_HINT_FIELD_NUMBER: _ClassVar[int]
+    dispatch: Dispatch
+    acks: CompletionAcks
+    not_leader_hint: str
+    def __init__(self, dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., acks: _Optional[_Union[CompletionAcks, _Mapping]] = ..., not_leader_hint: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,40 @@
+"""msgpack codecs for stored records and payloads.
+
+One place decides the msgpack options so every record round-trips the same way on every
+replica: str stays str, bytes stay bytes, maps keep insertion order, tuples become lists.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from coda.errors import PayloadError
+
+
+def pack(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode_payload(value, *, what: str, limit_bytes: int) -> bytes:
+    """Encode a user payload, refusing what msgpack can't carry or what is too large."""
+    try:
+        data = pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadError(f"{what} can't be encoded as msgpack: {exc}", what=what) from None
+    if len(data) > limit_bytes:
+        raise PayloadError(
+            f"{what} is {len(data)} bytes encoded, over the limit of {limit_bytes} bytes",
+            what=what, size_bytes=len(data), limit_bytes=limit_bytes)
+    return data
+
+
+def decode_payload(data: bytes, *, what: str):
+    """Decode a payload received from outside; malformed bytes raise PayloadError."""
+    try:
+        return unpack(data)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise PayloadError(f"{what} is not valid msgpack: {exc}", what=what) from None

@@ -1,0 +1,106 @@
+"""Key layout of a shard's LMDB environment.
+
+Each named database holds one kind of record; composite keys join parts with NUL, which
+no identifier may contain (validated at the API edge), so prefixes never collide.
+Integers in keys are 8-byte big-endian so that byte order is numeric order.
+
+    meta            b"applied_index" -> u64       last Raft index applied (same txn as effects)
+                    b"shard_id"      -> u64
+                    b"queue_seq"     -> u64       next queue sequence number
+    workflows       workflow_id -> current run record (msgpack)
+    runs            workflow_id NUL run_id -> closed earlier run record
+    history         workflow_id NUL run_id NUL u64 event_id -> event
+    queues          queue_name NUL u64 seq -> queue entry
+    queue_counts    queue_name -> u64 depth
+    timers          u64 fire_time_ms NUL workflow_id NUL timer_id -> timer
+    state           workflow_id NUL key -> value
+    requests        request_id -> {time_ms, result}    (idempotent retries)
+    requests_by_time u64 time_ms NUL request_id -> b""  (prunes the one above)
+"""
+
+from __future__ import annotations
+
+import struct
+
+SEP = b"\x00"
+
+META = "meta"
+WORKFLOWS = "workflows"
+RUNS = "runs"
+HISTORY = "history"
+QUEUES = "queues"
+QUEUE_COUNTS = "queue_counts"
+TIMERS = "timers"
+STATE = "state"
+REQUESTS = "requests"
+REQUESTS_BY_TIME = "requests_by_time"
+
+ALL_DBS = (META, WORKFLOWS, RUNS, HISTORY, QUEUES, QUEUE_COUNTS, TIMERS, STATE, REQUESTS,
+           REQUESTS_BY_TIME)
+
+META_APPLIED_INDEX = b"applied_index"
+META_SHARD_ID = b"shard_id"
+META_QUEUE_SEQ = b"queue_seq"
+
+_U64 = struct.Struct(">Q")
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def from_u64(data: bytes) -> int:
+    return _U64.unpack(data)[0]
+
+
+def workflow_key(workflow_id: str) -> bytes:
+    return workflow_id.encode()
+
+
+def run_key(workflow_id: str, run_id: str) -> bytes:
+    return workflow_id.encode() + SEP + run_id.encode()
+
+
+def history_key(workflow_id: str, run_id: str, event_id: int) -> bytes:
+    return run_key(workflow_id, run_id) + SEP + u64(event_id)
+
+
+def history_prefix(workflow_id: str, run_id: str) -> bytes:
+    return run_key(workflow_id, run_id) + SEP
+
+
+def queue_key(queue_name: str, seq: int) -> bytes:
+    return queue_name.encode() + SEP + u64(seq)
+
+
+def queue_prefix(queue_name: str) -> bytes:
+    return queue_name.encode() + SEP
+
+
+def workflow_queue_name(workflow_type: str) -> str:
+    """The durable queue of workflow tasks of one workflow type."""
+    return "wf/" + workflow_type
+
+
+def task_queue_name(task_type: str) -> str:
+    return "task/" + task_type
+
+
+def timer_key(fire_time_ms: int, workflow_id: str, timer_id: str) -> bytes:
+    return u64(fire_time_ms) + SEP + workflow_id.encode() + SEP + timer_id.encode()
+
+
+def state_key(workflow_id: str, key: str) -> bytes:
+    return workflow_id.encode() + SEP + key.encode()
+
+
+def request_key(request_id: str) -> bytes:
+    return request_id.encode()
+
+
+def request_time_key(time_ms: int, request_id: str) -> bytes:
+    return u64(time_ms) + SEP + request_id.encode()
+
+
+def request_id_from_time_key(key: bytes) -> str:
+    return key[9:].decode()
