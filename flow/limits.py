@@ -23,6 +23,8 @@ command_envelope_bytes_max = 16 * KIB
 command_bytes_max = payload_bytes_max + command_envelope_bytes_max
 # gRPC messages carry at most one command's worth of payload plus framing.
 grpc_message_bytes_max = command_bytes_max + 64 * KIB
+# RPCs a node serves at once; more are refused with RESOURCE_EXHAUSTED by gRPC itself.
+grpc_concurrent_rpcs_max = 10_000
 
 # --- shards and replication --------------------------------------------------------------
 shards_max = 256

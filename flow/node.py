@@ -16,7 +16,7 @@ import grpc
 from prometheus_client import REGISTRY, start_http_server
 
 from coda.api import flow_pb2_grpc as pb_grpc
-from coda.flow import metrics
+from coda.flow import limits, metrics
 from coda.flow.config import NodeConfig, split_host_port
 from coda.flow.replica import ShardReplica
 from coda.flow.service import FlowService, PeerService, Router, channel_options
@@ -36,7 +36,8 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
     metrics_server, metrics_thread = start_http_server(metrics_port, addr=metrics_host)
 
     router = Router(cfg, replicas)
-    server = grpc.aio.server(options=channel_options())
+    server = grpc.aio.server(options=channel_options(),
+                             maximum_concurrent_rpcs=limits.grpc_concurrent_rpcs_max)
     pb_grpc.add_FlowServicer_to_server(FlowService(cfg, router), server)
     pb_grpc.add_PeerServicer_to_server(PeerService(cfg, router), server)
     if server.add_insecure_port(cfg.me.client) == 0:
@@ -63,9 +64,5 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
 
 
 def run(cfg: NodeConfig) -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep serving without it
-        pass
-    asyncio.run(serve(cfg))
+    import uvloop
+    uvloop.run(serve(cfg))
