@@ -53,7 +53,8 @@ def decode(data) -> Command:
     if not (isinstance(decoded, list) and len(decoded) == 3):
         raise CommandError("command must be [version, kind, body]")
     version, kind, body = decoded
-    if version != VERSION:
+    # An int, not merely equal to one: msgpack's true and 1.0 compare equal to 1 in Python.
+    if type(version) is not int or version != VERSION:
         raise CommandError(f"command version {version!r} is not supported (this build: {VERSION})")
     if kind not in KINDS:
         raise CommandError(f"unknown command kind {kind!r}")

@@ -9,7 +9,10 @@ KIB = 1024
 MIB = 1024 * KIB
 
 # --- identifiers -------------------------------------------------------------------------
-workflow_id_bytes_max = 1000
+# LMDB's compiled-in key size limit; ids end up inside composite keys (storage.keys), so
+# the id limits are derived from it (history key: id NUL run_id NUL u64).
+lmdb_key_bytes_max = 511
+workflow_id_bytes_max = 400
 type_name_bytes_max = 255
 request_id_bytes_max = 128
 run_id_bytes_max = 64
@@ -56,6 +59,9 @@ page_token_bytes_max = 16 * KIB
 # --- history (shape only until the execution issue fills it) -----------------------------
 history_events_per_run_max = 50_000
 
+assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + 8 <= lmdb_key_bytes_max
+assert len("task/") + type_name_bytes_max + 1 + 8 <= lmdb_key_bytes_max
+assert 8 + 1 + request_id_bytes_max <= lmdb_key_bytes_max
 assert command_bytes_max > payload_bytes_max
 assert grpc_message_bytes_max > command_bytes_max
 assert raft_commands_queue_max > proposals_in_flight_max

@@ -59,8 +59,8 @@ def _start_workflow(txn: Txn, body: dict) -> dict:
     workflow_type = validate.type_name(body.get("workflow_type"))
     run_id = validate.run_id(body.get("run_id"))
     request_id = validate.request_id(body.get("request_id"))
-    policy = body.get("reuse_policy") or model.ALLOW_DUPLICATE
-    if policy not in model.REUSE_POLICIES:
+    policy = body.get("reuse_policy", model.ALLOW_DUPLICATE)
+    if not isinstance(policy, str) or policy not in model.REUSE_POLICIES:
         raise InvalidArgument(f"unknown workflow id reuse policy {policy!r}; "
                               f"one of {', '.join(model.REUSE_POLICIES)}", field="reuse_policy")
     payload = body.get("input")

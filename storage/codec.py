@@ -37,4 +37,6 @@ def decode_payload(data: bytes, *, what: str):
     try:
         return unpack(data)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise PayloadError(f"{what} is not valid msgpack: {exc}", what=what) from None
+        # Some carry no message (FormatError for a reserved byte): name the type then.
+        reason = str(exc) or type(exc).__name__
+        raise PayloadError(f"{what} is not valid msgpack: {reason}", what=what) from None
