@@ -5,12 +5,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-# System tools for the fault-injection tests (network namespaces, packet filters). Only
-# as root (CI is root); without them those tests say so and are reported as skipped.
+# System tools for the fault-injection tests: network namespaces and packet filters
+# (partitions), FUSE (power loss). Only as root (CI is root); without them those tests
+# say why and are reported as skipped.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     need=()
     command -v ip >/dev/null || need+=(iproute2)
     command -v iptables >/dev/null || need+=(iptables)
+    command -v fusermount >/dev/null || command -v fusermount3 >/dev/null || need+=(fuse3)
+    ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || need+=(libfuse2)
     if [ ${#need[@]} -gt 0 ]; then
         echo "installing ${need[*]} ..."
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
