@@ -104,11 +104,15 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
 def validate(cfg: NodeConfig) -> NodeConfig:
     if not cfg.node_id:
         raise ConfigError("node_id must not be empty", field="node_id")
-    if not cfg.data_dir:
-        raise ConfigError("data_dir must not be empty", field="data_dir")
+    if not isinstance(cfg.data_dir, str) or not cfg.data_dir:
+        raise ConfigError(f"data_dir must be a non-empty path, got {cfg.data_dir!r}",
+                          field="data_dir")
     if not isinstance(cfg.shards, int) or not 1 <= cfg.shards <= limits.shards_max:
         raise ConfigError(f"shards must be an integer in 1..{limits.shards_max}, got {cfg.shards!r}",
                           field="shards")
+    if not isinstance(cfg.secret, str):
+        raise ConfigError(f"the cluster secret must be a string, got {type(cfg.secret).__name__}",
+                          field="secret")
     if len(cfg.secret) < 16:
         raise ConfigError("the cluster secret must be at least 16 characters "
                           "(it protects the Raft ports)", field="secret")
@@ -123,8 +127,10 @@ def validate(cfg: NodeConfig) -> NodeConfig:
                           field="node_id")
     _validate_ports(cfg)
     _validate_timing(cfg.raft)
-    if not 1024 <= cfg.payload_bytes_max <= limits.payload_bytes_max:
-        raise ConfigError(f"payload_bytes_max must be in 1024..{limits.payload_bytes_max}",
+    if (not isinstance(cfg.payload_bytes_max, int) or isinstance(cfg.payload_bytes_max, bool)
+            or not 1024 <= cfg.payload_bytes_max <= limits.payload_bytes_max):
+        raise ConfigError(f"payload_bytes_max must be an integer in 1024.."
+                          f"{limits.payload_bytes_max}, got {cfg.payload_bytes_max!r}",
                           field="payload_bytes_max")
     return cfg
 
@@ -220,7 +226,7 @@ def from_mapping(raw: dict, origin: str = "config") -> NodeConfig:
     if not secret:
         raise ConfigError(f"{origin}: a cluster secret is required (secret or secret_file)",
                           field="secret")
-    cfg = NodeConfig(node_id=str(raw.get("node_id", "")), data_dir=str(raw.get("data_dir", "")),
+    cfg = NodeConfig(node_id=str(raw.get("node_id", "")), data_dir=raw.get("data_dir", ""),
                      shards=raw.get("shards", 0), secret=secret, nodes=nodes, raft=timing,
                      payload_bytes_max=raw.get("payload_bytes_max", limits.payload_bytes_default))
     return validate(cfg)

@@ -19,7 +19,8 @@ from coda.api import flow_pb2_grpc as pb_grpc
 from coda.flow import limits, metrics
 from coda.flow.config import NodeConfig, split_host_port
 from coda.flow.replica import ShardReplica
-from coda.flow.service import FlowService, PeerService, Router, channel_options
+from coda.flow.service import (FlowService, PeerService, Router, add_servicer,
+                               channel_options)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
     router = Router(cfg, replicas)
     server = grpc.aio.server(options=channel_options(),
                              maximum_concurrent_rpcs=limits.grpc_concurrent_rpcs_max)
-    pb_grpc.add_FlowServicer_to_server(FlowService(cfg, router), server)
-    pb_grpc.add_PeerServicer_to_server(PeerService(cfg, router), server)
+    add_servicer(server, pb_grpc.add_FlowServicer_to_server, FlowService(cfg, router))
+    add_servicer(server, pb_grpc.add_PeerServicer_to_server, PeerService(cfg, router))
     if server.add_insecure_port(cfg.me.client) == 0:
         raise OSError(f"can't bind the client address {cfg.me.client}")
     await server.start()

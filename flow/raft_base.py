@@ -19,6 +19,12 @@ one class, so the replica (flow.replica) reads as plain Raft:
    `_SyncObj__onMessageReceived` is wrapped so that (a) a follower trims an append to the
    entries it does not already hold (Raft section 5.3: delete only on a real conflict),
    and (b) a successful ack never moves the leader's next index backwards.
+5. Compaction is two steps: the new snapshot is renamed into place in one tick, the
+   journal is cut to it in the next. A node killed in between restarts with a journal
+   that does not start at the snapshot, and pysyncobj then replaced the whole journal
+   with the snapshot's two entries, dropping entries after it that this node had
+   acknowledged. `finish_compaction`, called by the deserializer, makes the cut instead
+   when the journal holds the snapshot's last two entries, keeping the entries after it.
 
 pysyncobj private names are mangled (`_SyncObj__x`); a subclass that defines the mangled
 name overrides it. This leans on pysyncobj==0.3.17 exactly (pinned in pyproject.toml).
@@ -156,6 +162,21 @@ class DurableSyncObj(SyncObj):
             self._flush_journal()
         return SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset,
                                                  nextNodeIdx=nextNodeIdx, success=success)
+
+    # 5: a crash between a snapshot's rename and the journal cut.
+    def finish_compaction(self, last_entry, prev_entry) -> None:
+        """Cut the journal to a snapshot whose last two entries are (prev_entry, last_entry),
+        if it holds them further on (a compaction a crash interrupted). pysyncobj keeps a
+        journal that starts with them and replaces any other by them alone."""
+        journal = self._SyncObj__raftLog
+        if len(journal) < 2:
+            return
+        cut = prev_entry[1] - journal[0][1]
+        if 0 < cut < len(journal) - 1 and tuple(journal[cut]) == tuple(prev_entry) \
+                and tuple(journal[cut + 1]) == tuple(last_entry):
+            log.warning("journal starts at %d, before the snapshot at %d: finishing the "
+                        "interrupted compaction", journal[0][1], last_entry[1])
+            journal.deleteEntriesTo(cut)
 
     # 4: next-index regression and truncation of applied entries.
     def _SyncObj__onMessageReceived(self, node, message):

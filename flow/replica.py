@@ -175,6 +175,7 @@ class ShardReplica(DurableSyncObj):
                     self.applier.reload()
                     metrics.snapshot_installs.labels(self._label).inc()
                     log.info("shard %d: installed snapshot at applied index %d", self.shard, applied)
+            self.finish_compaction(raft_data[0], raft_data[1])
             return tuple(raft_data)
         except Exception:
             # pysyncobj would swallow this and ack the install with the old log.
