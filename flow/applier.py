@@ -22,7 +22,9 @@ from coda.storage.env import ShardStore, WriteBatch
 
 log = logging.getLogger(__name__)
 
-SKIPPED = {"ok": {"skipped": True}}
+# Only a replay (no one waiting) or a broken log/LMDB pairing reaches a skipped entry; a
+# fresh proposal that gets this answer must not read it as success.
+SKIPPED = {"error": Internal("entry skipped: at or below the applied index of LMDB").to_wire()}
 
 
 class Applier:

@@ -29,9 +29,16 @@ GRACE_S = 2.0
 
 async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
-    replicas = [ShardReplica(cfg, shard, loop) for shard in range(cfg.shards)]
-    for replica in replicas:
-        replica.waitBinded()
+    replicas: list[ShardReplica] = []
+    try:
+        for shard in range(cfg.shards):
+            replicas.append(ShardReplica(cfg, shard, loop))
+        for replica in replicas:
+            replica.waitBinded()
+    except BaseException:
+        for replica in replicas:  # their tick threads would keep the process alive
+            replica.close()
+        raise
     REGISTRY.register(metrics.QueueDepthCollector(replicas))
     metrics_host, metrics_port = split_host_port(cfg.me.metrics, "metrics")
     metrics_server, metrics_thread = start_http_server(metrics_port, addr=metrics_host)
@@ -66,4 +73,10 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
 
 def run(cfg: NodeConfig) -> None:
     import uvloop
-    uvloop.run(serve(cfg))
+    try:
+        uvloop.run(serve(cfg))
+    except (RuntimeError, OSError) as exc:
+        # Start-up refusals (a journal that lost entries, an unreadable Raft meta file, a
+        # port in use) end the process with their reason, not a traceback.
+        log.critical("node %s can't start: %s", cfg.node_id, exc)
+        raise SystemExit(1) from None

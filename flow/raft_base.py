@@ -25,6 +25,13 @@ one class, so the replica (flow.replica) reads as plain Raft:
    with the snapshot's two entries, dropping entries after it that this node had
    acknowledged. `finish_compaction`, called by the deserializer, makes the cut instead
    when the journal holds the snapshot's last two entries, keeping the entries after it.
+   The cut itself rewrites the journal into a new file renamed into place (pysyncobj
+   rewrote it in place: a crash mid-way lost acknowledged entries).
+6. Snapshots were renamed into place without fsync (a follower's received snapshot came
+   back empty after a power cut): pysyncobj's atomicReplace is replaced by a durable one.
+   A journal shorter than its header was never flushed and is started anew.
+7. A dial whose SYN was dropped during a partition was never timed out (reconnection
+   took the kernel's SYN backoff, up to a minute): stuck attempts are abandoned.
 
 pysyncobj private names are mangled (`_SyncObj__x`); a subclass that defines the mangled
 name overrides it. This leans on pysyncobj==0.3.17 exactly (pinned in pyproject.toml).
@@ -34,10 +41,14 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import time
 
 import pysyncobj.journal as pjournal
+import pysyncobj.serializer as pserializer
 import pysyncobj.syncobj as psyncobj
 from pysyncobj import SyncObj
+from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.pickle import dumps as _pdumps, loads as _ploads
 
 log = logging.getLogger(__name__)
@@ -69,19 +80,31 @@ class DurableMetaStorer(pjournal.MetaStorer):
         if not os.path.exists(path):
             return {}
         with open(path, "rb") as f:
-            return _ploads(f.read())  # a corrupt meta file must stop the node, not reset it
+            data = f.read()
+        try:
+            return _ploads(data)
+        except Exception as exc:
+            # Never "term 0, no vote": that could vote twice in one term.
+            raise RuntimeError(f"Raft meta file {path} ({len(data)} bytes) is unreadable "
+                               f"({exc!r}); refusing to start with a forgotten term and "
+                               "vote. Restore it or rebuild this replica from its peers.") from None
 
 
 class DurableFileJournal(pjournal.FileJournal):
     """pysyncobj's mmap journal, flushed to disk on demand (see module docstring)."""
 
-    # Set per instance by the replica before the journal is created (see journal_factory).
     def __init__(self, path: str, snapshot_path: str):
+        _discard_unflushed_journal(path)
         pjournal.FileJournal.__init__(self, path)
+        # pysyncobj read the meta with its stock storer, which turns a corrupt file into
+        # {}; read it again with ours, which refuses.
         self._FileJournal__metaStorer = DurableMetaStorer(path + ".meta")
+        self._FileJournal__meta = self._FileJournal__metaStorer.getMeta()
+        self._path = path
         self._snapshot_path = snapshot_path
-        self.dirty = False
         self.flushes = 0
+        self.dirty = True  # a new journal's header must be on disk before anything else
+        self.flush()
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 
     def add(self, command, idx, term):
@@ -103,15 +126,69 @@ class DurableFileJournal(pjournal.FileJournal):
             return
         # The snapshot replacing these entries must be durable before they go.
         fsync_dir(os.path.dirname(os.path.abspath(self._snapshot_path)))
-        pjournal.FileJournal.deleteEntriesTo(self, entryTo)
-        self.dirty = True
-        self.flush()
+        self._rewrite(self._FileJournal__journal[entryTo:])
+
+    def _rewrite(self, entries) -> None:
+        """Replace the journal by `entries`, atomically: write a new file, fsync, rename.
+
+        pysyncobj rewrote the mmap in place (clear, then re-add): a crash in the middle
+        left a journal missing entries this node had acknowledged.
+        """
+        tmp = self._path + ".compact"
+        header = bytearray(self._FileJournal__getDefaultHeader())
+        offset = pjournal.FIRST_RECORD_OFFSET
+        with open(tmp, "wb") as f:
+            f.write(header)
+            for command, idx, term in entries:
+                record = struct.pack("<QQ", idx, term) + pjournal.to_bytes(command)
+                size = struct.pack("<I", len(record))
+                f.write(size + record + size)
+                offset += len(record) + 8
+            f.seek(pjournal.LAST_RECORD_OFFSET_OFFSET)
+            f.write(struct.pack("<I", offset))
+            f.flush()
+            os.fsync(f.fileno())
+        self._FileJournal__journalFile._destroy()
+        os.replace(tmp, self._path)
+        fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+        self._FileJournal__journalFile = pjournal.ResizableFile(self._path)
+        self._FileJournal__journal = list(entries)
+        self._FileJournal__currentOffset = offset
+        self.dirty = False
 
     def flush(self):
         if self.dirty:
             pjournal.FileJournal.flush(self)
             self.dirty = False
             self.flushes += 1
+
+
+def _discard_unflushed_journal(path: str) -> None:
+    """A journal shorter than its header was never flushed (a flush writes the header
+    first): it holds nothing this node acknowledged, and pysyncobj can't mmap an empty
+    file. Left-overs of an interrupted rewrite (`.compact`) are dropped too."""
+    if os.path.exists(path) and os.path.getsize(path) < pjournal.FIRST_RECORD_OFFSET:
+        log.warning("journal %s was never flushed (%d bytes); starting it anew", path,
+                    os.path.getsize(path))
+        os.unlink(path)
+    if os.path.exists(path + ".compact"):
+        os.unlink(path + ".compact")
+
+
+def _durable_replace(src: str, dst: str) -> bool:
+    """pysyncobj's atomicReplace, made durable: a snapshot received from the leader (or
+    written by us) must be on disk before the journal entries it replaces are cut."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    return True
+
+
+pserializer.atomicReplace = _durable_replace
 
 
 # pysyncobj builds its journal through this module-level name, with only the path. Route it
@@ -149,7 +226,25 @@ class DurableSyncObj(SyncObj):
     # 1a: the leader counts its own copy in _onTick; only flushed entries may count.
     def _onTick(self, timeToWait=0.0):
         self._flush_journal()
+        self._drop_stuck_connections()
         return SyncObj._onTick(self, timeToWait)
+
+    # 7: pysyncobj never times out a connection attempt in progress; after a partition
+    # heals, a dial whose SYN was dropped waits for the kernel's SYN retries (1, 2, 4 ...
+    # 64 s). Abandon attempts older than connectionTimeout so pysyncobj dials again.
+    _STUCK_CHECK_PERIOD_S = 0.5
+
+    def _drop_stuck_connections(self) -> None:
+        now = time.monotonic()
+        if now < getattr(self, "_stuck_check_due_s", 0.0):
+            return
+        self._stuck_check_due_s = now + self._STUCK_CHECK_PERIOD_S
+        transport = self._SyncObj__transport
+        timeout_s = self._SyncObj__conf.connectionTimeout
+        for conn in list(getattr(transport, "_connections", {}).values()):
+            started = getattr(conn, "_TcpConnection__lastReadTime", now)
+            if conn.state == CONNECTION_STATE.CONNECTING and now - started > timeout_s:
+                conn.disconnect()
 
     # 1b: a new leader appends a no-op and may count it at once (single-node cluster).
     def _SyncObj__onBecomeLeader(self):

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 SNAPSHOT_MAGIC = b"CODASNP1"
 _HEADER = struct.Struct(">8sQQ")  # magic, LMDB applied index, length of pickled raft_data
 STATUS_PERIOD_S = 0.25
+# How often a waiting read checks that this node still leads (pysyncobj has no callback).
+LEADERSHIP_CHECK_S = 0.1
 
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 
@@ -92,6 +94,7 @@ class ShardReplica(DurableSyncObj):
         self._label = str(shard)
         base = cfg.shard_dir(shard)
         os.makedirs(base, exist_ok=True)
+        _remove_snapshot_leftovers(base)
         self.store = ShardStore(os.path.join(base, "lmdb"))
         self.applier = Applier(self.store)
         self._results_after_commit: list = []
@@ -106,7 +109,23 @@ class ShardReplica(DurableSyncObj):
         register_journal(conf.journalFile, conf.fullDumpFile)
         peers = [n.raft_address(shard) for n in cfg.peers()]
         super().__init__(cfg.me.raft_address(shard), peers, conf)
+        self._check_journal_covers_lmdb()
         self.addOnTickCallback(self._publish_status)
+
+    def _check_journal_covers_lmdb(self) -> None:
+        """LMDB never holds effects of entries the journal lacks: applied entries were
+        flushed first, and compaction keeps the last ones. If it does, the journal lost
+        entries (a disk that lied about fsync, a file restored from an old backup), and new
+        entries would reuse indexes LMDB counts as applied and be skipped: refuse to run."""
+        journal_end = self.raft_journal[-1][1]
+        applied = self.applier.applied_index
+        if applied > journal_end:
+            self.destroy_synchronous()
+            self.store.close()
+            raise RuntimeError(
+                f"shard {self.shard}: LMDB has applied Raft index {applied} but the journal "
+                f"ends at {journal_end}; the journal lost entries. Rebuild this replica "
+                f"(delete {self.cfg.shard_dir(self.shard)}) so it is restored from its peers.")
 
     # === tick thread ===================================================================
 
@@ -231,8 +250,13 @@ class ShardReplica(DurableSyncObj):
         node = self.cfg.node_by_raft_address(self.shard, address) if address else None
         return node.client if node else None
 
-    async def propose(self, data: bytes, timeout_s: float = limits.proposal_timeout_s) -> dict:
-        """Commit one command; returns its `ok` body or raises the CodaError it produced."""
+    async def propose(self, data: bytes, timeout_s: float = limits.proposal_timeout_s,
+                      read_only: bool = False) -> dict:
+        """Commit one command; returns its `ok` body or raises the CodaError it produced.
+
+        read_only: the command changes nothing (a barrier), so losing leadership while it
+        is in flight may be answered NotLeader at once instead of waiting for the timeout.
+        """
         if not self._isLeader():
             raise NotLeader(f"this node does not lead shard {self.shard}",
                             shard=self.shard, leader_hint=self.leader_hint())
@@ -246,17 +270,33 @@ class ShardReplica(DurableSyncObj):
         metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
         try:
             self.apply_entry(data, callback=lambda result, error: self._on_result(future, result, error))
-            try:
-                result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
-            except TimeoutError:
-                raise Indeterminate(f"shard {self.shard}: no outcome within {timeout_s:.1f} s; "
-                                    "the command may still commit", shard=self.shard) from None
+            result = await self._outcome(future, timeout_s, read_only)
         finally:
             self._in_flight -= 1
             metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
         if "error" in result:
             raise from_wire(result["error"])
         return result["ok"]
+
+    async def _outcome(self, future: asyncio.Future, timeout_s: float, read_only: bool) -> dict:
+        deadline = self.loop.time() + timeout_s
+        while True:
+            remaining = deadline - self.loop.time()
+            try:
+                return await asyncio.wait_for(asyncio.shield(future),
+                                              min(LEADERSHIP_CHECK_S, max(0.0, remaining)))
+            except TimeoutError:
+                pass
+            if read_only and not self._isLeader():
+                future.cancel()
+                raise NotLeader(f"this node lost the leadership of shard {self.shard} while "
+                                "a read waited", shard=self.shard, leader_hint=self.leader_hint())
+            if self.loop.time() >= deadline:
+                # pysyncobj may still answer later (or never: entries a snapshot covered);
+                # _settle ignores a cancelled future.
+                future.cancel()
+                raise Indeterminate(f"shard {self.shard}: no outcome within {timeout_s:.1f} s; "
+                                    "the command may still commit", shard=self.shard)
 
     def _on_result(self, future, result, error) -> None:
         # Tick thread (or the caller's thread for QUEUE_FULL). A success waits for the
@@ -289,7 +329,8 @@ class ShardReplica(DurableSyncObj):
             batch = self._barrier_waiters[:limits.reads_per_barrier_max]
             del self._barrier_waiters[:len(batch)]
             try:
-                await self.propose(commands.barrier(time_ms=int(time.time() * 1000)))
+                await self.propose(commands.barrier(time_ms=int(time.time() * 1000)),
+                                   read_only=True)
                 metrics.read_barriers.labels(self._label).inc()
                 outcome = None
             except CodaError as exc:
@@ -314,6 +355,16 @@ class ShardReplica(DurableSyncObj):
         self.destroy_synchronous()
         self._commit_batch()
         self.store.close()
+
+
+def _remove_snapshot_leftovers(shard_dir: str) -> None:
+    """Temporary files of a snapshot write or install a crash interrupted."""
+    for name in os.listdir(shard_dir):
+        path = os.path.join(shard_dir, name)
+        if name.startswith("raft.snapshot.") and name.endswith(".tmp"):
+            os.unlink(path)
+        elif name.startswith("tmp") and (name.endswith(".mdb") or os.path.isdir(path)):
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

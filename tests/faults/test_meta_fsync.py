@@ -105,20 +105,11 @@ def test_get_meta_of_a_missing_file_is_empty(tmp_path):
     assert DurableMetaStorer(str(tmp_path / "raft.journal.meta")).getMeta() == {}
 
 
-META_LOAD_BUG = (
-    "BUG (flow/raft_base.py): DurableFileJournal.__init__ runs pysyncobj's "
-    "FileJournal.__init__, which reads the meta with the stock MetaStorer (it swallows every "
-    "error and returns {}), and only then installs DurableMetaStorer, whose getMeta is never "
-    "used for loading. A corrupt meta still starts the node at term 0 with no vote. Fix: "
-    "after installing DurableMetaStorer, reload: self._FileJournal__meta = "
-    "self._FileJournal__metaStorer.getMeta(). Remove this marker with the fix.")
-
-
-@pytest.mark.xfail(strict=True, reason=META_LOAD_BUG)
 def test_a_journal_with_corrupt_meta_refuses_to_open(tmp_path):
+    """pysyncobj's own storer reads a corrupt meta as {} (term 0, no vote); ours refuses."""
     journal_path = tmp_path / "raft.journal"
     (tmp_path / "raft.journal.meta").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="unreadable"):
         journal = DurableFileJournal(str(journal_path), str(tmp_path / "raft.snapshot"))
         journal._destroy()
 
@@ -143,6 +134,8 @@ def test_flush_msyncs_the_journal_after_an_append(tmp_path, monkeypatch):
                         lambda self: (calls.append(1), real(self))[1])
     journal = DurableFileJournal(str(tmp_path / "raft.journal"), str(tmp_path / "raft.snapshot"))
     try:
+        assert calls == [1], "a new journal's header is flushed at once"
+        calls.clear()
         journal.flush()
         assert calls == [], "a clean journal needs no msync"
         journal.add(b"cmd", 1, 1)
@@ -150,5 +143,60 @@ def test_flush_msyncs_the_journal_after_an_append(tmp_path, monkeypatch):
         assert calls == [1]
         journal.flush()
         assert calls == [1]
+    finally:
+        journal._destroy()
+
+
+def _entries(n: int, start: int = 1, term: int = 1):
+    return [(b"cmd-%d" % i, i, term) for i in range(start, start + n)]
+
+
+def test_compaction_rewrites_the_journal_into_a_new_file(tmp_path):
+    """The cut writes a new file and renames it over the journal (never an in-place
+    rewrite, which a crash could leave short); the result reopens with the kept entries."""
+    journal_path = str(tmp_path / "raft.journal")
+    journal = DurableFileJournal(journal_path, str(tmp_path / "raft.snapshot"))
+    for entry in _entries(50):
+        journal.add(*entry)
+    journal.flush()
+    inode_before = os.stat(journal_path).st_ino
+    journal.deleteEntriesTo(40)
+    assert [e[1] for e in journal] == list(range(41, 51))
+    assert os.stat(journal_path).st_ino != inode_before, "compaction rewrote in place"
+    journal.add(b"after", 51, 2)
+    journal.flush()
+    journal._destroy()
+    again = DurableFileJournal(journal_path, str(tmp_path / "raft.snapshot"))
+    try:
+        assert [(e[1], e[2]) for e in again] == [(i, 1) for i in range(41, 51)] + [(51, 2)]
+        assert again[-1][0] == b"after"
+    finally:
+        again._destroy()
+    assert not os.path.exists(journal_path + ".compact")
+
+
+def test_compaction_never_cuts_the_last_entry(tmp_path):
+    journal = DurableFileJournal(str(tmp_path / "raft.journal"), str(tmp_path / "raft.snapshot"))
+    try:
+        for entry in _entries(3):
+            journal.add(*entry)
+        journal.deleteEntriesTo(3)
+        assert len(journal) == 3
+    finally:
+        journal._destroy()
+
+
+def test_a_journal_that_was_never_flushed_starts_anew(tmp_path):
+    """A power cut right after creation can leave a file shorter than the header (nothing
+    in it was ever acknowledged); pysyncobj can't mmap it, so it is started anew, and the
+    leftover of an interrupted rewrite is discarded."""
+    journal_path = tmp_path / "raft.journal"
+    journal_path.write_bytes(b"")
+    (tmp_path / "raft.journal.compact").write_bytes(b"partial")
+    journal = DurableFileJournal(str(journal_path), str(tmp_path / "raft.snapshot"))
+    try:
+        assert len(journal) == 0
+        assert os.path.getsize(journal_path) >= 40
+        assert not (tmp_path / "raft.journal.compact").exists()
     finally:
         journal._destroy()

@@ -338,16 +338,6 @@ def test_acknowledged_starts_survive_power_loss_of_every_node(lazy_cluster):
           f"{json.dumps(cluster.fs.stats())}")
 
 
-SNAPSHOT_INSTALL_BUG = (
-    "BUG (flow/raft_base.py): pysyncobj 0.3.17 writes a snapshot received from the leader "
-    "(Serializer.setTransmissionData: <fullDumpFile>.1.tmp) without fsync and renames it over "
-    "raft.snapshot; the follower then clears its journal and acks. After a power cut "
-    "raft.snapshot is empty and the node exits 71 on every start ('loading snapshot ... "
-    "failed'). Fix: make pysyncobj.serializer.atomicReplace durable (fsync src, rename, "
-    "fsync dir), as raft_base already does for createJournal. Remove this marker with the fix.")
-
-
-@pytest.mark.xfail(strict=True, reason=SNAPSHOT_INSTALL_BUG)
 def test_power_loss_after_snapshots_and_a_snapshot_install(lazy_cluster):
     """Same, with log compaction every few entries, and one node brought back by a
     snapshot install (pysyncobj writes the received snapshot itself) just before the cut."""
