@@ -47,6 +47,18 @@ grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by m
                                               0.25, 0.5, 1.0, 2.5, 10.0))
 
 
+PER_SHARD = (raft_role, raft_term, commit_index, applied_index, log_entries, has_quorum,
+             proposals_in_flight, leader_changes, snapshot_installs, snapshots_written,
+             apply_batch_entries, apply_batch_seconds, read_barriers)
+
+
+def init_shard(shard_label: str) -> None:
+    """Create every per-shard series at zero, so dashboards see a shard before it acts
+    (a follower never proposes, yet its proposals_in_flight is a real 0)."""
+    for family in PER_SHARD:
+        family.labels(shard_label)
+
+
 class QueueDepthCollector:
     """Reads each local replica's queue counts from LMDB when Prometheus scrapes."""
 

@@ -92,6 +92,7 @@ class ShardReplica(DurableSyncObj):
         self.shard = shard
         self.loop = loop
         self._label = str(shard)
+        metrics.init_shard(self._label)
         base = cfg.shard_dir(shard)
         os.makedirs(base, exist_ok=True)
         _remove_snapshot_leftovers(base)
