@@ -22,7 +22,10 @@ class Ctx:
         if not self.address:
             raise click.UsageError("no Flow address: pass --address HOST:PORT[,...] or set "
                                    "CODA_ADDRESS (coda-flow dev prints it)")
-        return SyncClient(self.address)
+        try:
+            return SyncClient(self.address)
+        except CodaError as exc:  # a malformed address: a usage error, not a traceback
+            raise click.BadParameter(exc.message, param_hint="--address / CODA_ADDRESS") from None
 
 
 def _emit(ctx: Ctx, data, human) -> None:
