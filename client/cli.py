@@ -14,16 +14,17 @@ from coda.flow import model
 
 
 class Ctx:
-    def __init__(self, address: str | None, as_json: bool):
+    def __init__(self, address: str | None, as_json: bool, timeout_s: float):
         self.address = address
         self.as_json = as_json
+        self.timeout_s = timeout_s
 
     def client(self) -> SyncClient:
         if not self.address:
             raise click.UsageError("no Flow address: pass --address HOST:PORT[,...] or set "
                                    "CODA_ADDRESS (coda-flow dev prints it)")
         try:
-            return SyncClient(self.address)
+            return SyncClient(self.address, timeout_s=self.timeout_s)
         except CodaError as exc:  # a malformed address: a usage error, not a traceback
             raise click.BadParameter(exc.message, param_hint="--address / CODA_ADDRESS") from None
 
@@ -53,10 +54,12 @@ def _time(ms) -> str:
 @click.group()
 @click.option("--address", envvar="CODA_ADDRESS", help="Flow node(s): host:port[,host:port...]")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.5), default=30.0,
+              show_default=True, help="Seconds to keep retrying before giving up.")
 @click.pass_context
-def main(click_ctx, address, as_json) -> None:
+def main(click_ctx, address, as_json, timeout_s) -> None:
     """Coda client."""
-    click_ctx.obj = Ctx(address, as_json)
+    click_ctx.obj = Ctx(address, as_json, timeout_s)
 
 
 @main.group()
@@ -112,7 +115,7 @@ def workflow_start(ctx: Ctx, workflow_type, workflow_id, args_json, reuse_policy
             request_id=request_id))
     data = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "started": handle.started}
     _emit(ctx, data, lambda d: click.echo(
-        f"{'started' if d['started'] else 'already started'} {d['workflow_id']} run {d['run_id']}"))
+        f"started {d['workflow_id']} run {d['run_id']}" + ('' if d['started'] else ' (an earlier call with this request id started it)')))
 
 
 @workflow.command("describe")

@@ -133,18 +133,22 @@ def _to_toml(mapping: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wait_all_leaders(address: str, shards: int, procs: list, timeout_s: float) -> None:
+def _wait_all_leaders(address: str, shards: int, procs: list, timeout_s: float,
+                      stopped=lambda: False) -> bool:
+    """True once every shard has a leader; False if stopped() turns true first."""
     from coda.client.client import SyncClient
     deadline = time.monotonic() + timeout_s
     with SyncClient(address, timeout_s=2.0) as client:
         while time.monotonic() < deadline:
+            if stopped():
+                return False
             for p in procs:
                 if p.poll() is not None:
                     raise click.ClickException(f"a node exited during start-up (code {p.returncode})")
             try:
                 status = client.cluster_status()
                 if len(status["shards"]) == shards and all(s["leader"] for s in status["shards"]):
-                    return
+                    return True
             except CodaError:
                 pass
             time.sleep(0.2)
@@ -185,7 +189,9 @@ def dev(data_dir, shards, host, base_port, log_level) -> None:
                  "--log-level", log_level], stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True))
         address = ",".join(n.client for n in cfg.nodes)
-        _wait_all_leaders(address, cfg.shards, procs, DEV_READY_TIMEOUT_S)
+        if not _wait_all_leaders(address, cfg.shards, procs, DEV_READY_TIMEOUT_S,
+                                 lambda: stopping):
+            return  # SIGTERM/SIGINT during start-up: stop now, print no address
         click.echo(f"CODA_ADDRESS={address}")
         click.echo("CODA_METRICS=" + ",".join(f"http://{n.metrics}/metrics" for n in cfg.nodes))
         click.echo(f"# data in {cfg.data_dir}, node logs in {cfg.data_dir}/n*.log; Ctrl-C stops",

@@ -246,6 +246,16 @@ class DurableSyncObj(SyncObj):
             if conn.state == CONNECTION_STATE.CONNECTING and now - started > timeout_s:
                 conn.disconnect()
 
+    # Latency: pysyncobj sends new entries only when appendEntriesPeriod has passed since
+    # the last send (up to 10 ms idle per command). Send as soon as a tick has drained the
+    # proposal queue into the log; everything queued in that tick still goes as one batch.
+    def _checkCommandsToApply(self):
+        journal = self._SyncObj__raftLog
+        before = journal[-1][1] if len(journal) else 0
+        SyncObj._checkCommandsToApply(self)
+        if self._isLeader() and len(journal) and journal[-1][1] > before:
+            self._SyncObj__sendAppendEntries()
+
     # 1b: a new leader appends a no-op and may count it at once (single-node cluster).
     def _SyncObj__onBecomeLeader(self):
         SyncObj._SyncObj__onBecomeLeader(self)

@@ -31,7 +31,7 @@ class LmdbOptions:
     max_dbs: int = 16
     max_readers: int = 256
     sync: bool = True          # fsync on each batch commit: LMDB is our applied state
-    metasync: bool = True
+    metasync: bool = False    # one fsync per commit; see the note on durability below
     writemap: bool = False     # nested (per-command) transactions need writemap off
     readahead: bool = False    # random access; readahead only pollutes the page cache
 
