@@ -31,7 +31,10 @@ class LmdbOptions:
     max_dbs: int = 16
     max_readers: int = 256
     sync: bool = True          # fsync on each batch commit: LMDB is our applied state
-    metasync: bool = False    # one fsync per commit; see the note on durability below
+    # One fsync per commit instead of two. A crash may then undo the last committed batch
+    # (LMDB stays consistent); that only lowers the applied index, and the Raft journal,
+    # flushed before any ack, replays those entries. tests/faults/test_power_loss.py.
+    metasync: bool = False
     writemap: bool = False     # nested (per-command) transactions need writemap off
     readahead: bool = False    # random access; readahead only pollutes the page cache
 
