@@ -28,9 +28,11 @@ PAYLOAD = b"x" * 100
 def members(base_cls, ports, cuts):
     class Member(base_cls):
         def __init__(self, me, others):
+            # Long election timeouts: a burst starves the tick threads on 2 cores, and an
+            # election in the middle would discard commands this test counts.
             self.applied_payloads = 0
             conf = SyncObjConf(appendEntriesBatchSizeBytes=1500, appendEntriesPeriod=0.01,
-                               autoTickPeriod=0.005, raftMinTimeout=1.5, raftMaxTimeout=3.0,
+                               autoTickPeriod=0.005, raftMinTimeout=4.0, raftMaxTimeout=8.0,
                                logCompactionMinEntries=10**9, logCompactionMinTime=10**9,
                                commandsWaitLeader=False)
             super().__init__(me, others, conf)
@@ -53,7 +55,7 @@ def run_burst(base_cls) -> tuple[collections.Counter, list[int], collections.Cou
     cuts: collections.Counter = collections.Counter()
     nodes = members(base_cls, [free_port_block(1, random.Random()) for _ in range(3)], cuts)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while not any(n._isLeader() for n in nodes):
             assert time.monotonic() < deadline, "no leader"
             time.sleep(0.05)
