@@ -180,6 +180,11 @@ def _validate_timing(t: RaftTiming) -> None:
     if t.leader_fallback_timeout_s < t.election_timeout_min_s:
         raise ConfigError("raft.leader_fallback_timeout_s must be at least "
                           "election_timeout_min_s", field="raft.leader_fallback_timeout_s")
+    # pysyncobj asserts this at construction; say it here, naming the field.
+    if t.connection_timeout_s < t.election_timeout_max_s:
+        raise ConfigError("raft.connection_timeout_s must be at least election_timeout_max_s "
+                          "(a peer silent for longer than an election is dropped)",
+                          field="raft.connection_timeout_s")
     if t.auto_tick_period_s > t.append_entries_period_s:
         raise ConfigError("raft.auto_tick_period_s must not exceed append_entries_period_s",
                           field="raft.auto_tick_period_s")

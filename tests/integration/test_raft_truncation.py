@@ -32,7 +32,7 @@ def members(base_cls, ports, cuts):
             # election in the middle would discard commands this test counts.
             self.applied_payloads = 0
             conf = SyncObjConf(appendEntriesBatchSizeBytes=1500, appendEntriesPeriod=0.01,
-                               autoTickPeriod=0.005, raftMinTimeout=4.0, raftMaxTimeout=8.0,
+                               autoTickPeriod=0.005, raftMinTimeout=4.0, raftMaxTimeout=8.0, connectionTimeout=8.0,
                                logCompactionMinEntries=10**9, logCompactionMinTime=10**9,
                                commandsWaitLeader=False)
             super().__init__(me, others, conf)
