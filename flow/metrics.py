@@ -42,8 +42,8 @@ rejected_proposals = Counter("coda_shard_rejected_proposals",
 
 grpc_requests = Counter("coda_grpc_requests", "gRPC requests served by this node",
                         ["method", "code"])
-grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by method",
-                         ["method"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by method and status",
+                         ["method", "code"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                               0.25, 0.5, 1.0, 2.5, 10.0))
 
 

@@ -116,7 +116,7 @@ def rpc(method):
             await context.abort(grpc.StatusCode.INTERNAL, err.message)
         finally:
             metrics.grpc_requests.labels(name, code).inc()
-            metrics.grpc_seconds.labels(name).observe(time.perf_counter() - started)
+            metrics.grpc_seconds.labels(name, code).observe(time.perf_counter() - started)
 
     return wrapper
 
