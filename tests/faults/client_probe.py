@@ -35,109 +35,163 @@ OPS = ("local_status", "cluster_status", "start", "describe")
 
 
 # === inside the namespace ===============================================================
+# grpc and coda are imported inside these functions: the test side needs neither.
 
-def _serve() -> None:
-    import asyncio
+def _api():
+    from coda.api import flow_pb2, flow_pb2_grpc
+    return flow_pb2, flow_pb2_grpc
 
+
+def _local_status_to_dict(answer) -> dict:
+    return {"node_id": answer.node_id, "replicas": [
+        {"role": r.role, "term": r.term, "commit_index": r.commit_index,
+         "applied_index": r.applied_index, "leader": r.leader or None}
+        for r in answer.replicas]}
+
+
+# --- one gRPC attempt per request: handler(channel, req, timeout) -----------------------
+
+async def _once_local_status(channel, req: dict, timeout: float):
+    pb, pb_grpc = _api()
+    answer = await pb_grpc.PeerStub(channel).GetLocalStatus(
+        pb.GetLocalStatusRequest(), timeout=timeout)
+    return _local_status_to_dict(answer)
+
+
+async def _once_cluster_status(channel, req: dict, timeout: float):
+    from coda.client.client import cluster_status_to_dict
+    pb, pb_grpc = _api()
+    return cluster_status_to_dict(await pb_grpc.FlowStub(channel).GetClusterStatus(
+        pb.GetClusterStatusRequest(), timeout=timeout))
+
+
+async def _once_start(channel, req: dict, timeout: float):
+    from coda.client.client import REUSE_ENUM
+    from coda.flow import limits
+    from coda.storage import codec
+    pb, pb_grpc = _api()
+    answer = await pb_grpc.FlowStub(channel).StartWorkflow(pb.StartWorkflowRequest(
+        workflow_id=req["workflow_id"], workflow_type=req["workflow_type"],
+        input=codec.encode_payload(req.get("args") or {}, what="args",
+                                   limit_bytes=limits.payload_bytes_default),
+        reuse_policy=REUSE_ENUM[req.get("reuse_policy", "ALLOW_DUPLICATE")],
+        request_id=req.get("request_id") or uuid.uuid4().hex), timeout=timeout)
+    return {"run_id": answer.run_id, "started": answer.started, "shard": answer.shard}
+
+
+async def _once_describe(channel, req: dict, timeout: float):
+    from coda.client.client import workflow_to_dict
+    pb, pb_grpc = _api()
+    answer = await pb_grpc.FlowStub(channel).DescribeWorkflow(pb.DescribeWorkflowRequest(
+        workflow_id=req["workflow_id"], run_id=req.get("run_id") or ""), timeout=timeout)
+    return workflow_to_dict(answer.workflow)
+
+
+_ONCE = {"local_status": _once_local_status, "cluster_status": _once_cluster_status,
+         "start": _once_start, "describe": _once_describe}
+
+
+# --- through the SDK client, with its retries: handler(client, req) ---------------------
+
+async def _retrying_cluster_status(client, req: dict):
+    return await client.cluster_status()
+
+
+async def _retrying_start(client, req: dict):
+    handle = await client.start_workflow(
+        req["workflow_type"], req.get("args") or {}, workflow_id=req["workflow_id"],
+        reuse_policy=req.get("reuse_policy", "ALLOW_DUPLICATE"),
+        request_id=req.get("request_id"))
+    return {"run_id": handle.run_id, "started": handle.started}
+
+
+async def _retrying_describe(client, req: dict):
+    return await client.describe_workflow(req["workflow_id"], req.get("run_id"))
+
+
+_RETRYING = {"cluster_status": _retrying_cluster_status, "start": _retrying_start,
+             "describe": _retrying_describe}
+
+
+def _error_of(exc: Exception, req: dict) -> dict:
+    """The "error" field of a failed request's result."""
     import grpc
 
-    from coda.api import flow_pb2 as pb
-    from coda.api import flow_pb2_grpc as pb_grpc
-    from coda.client.client import REUSE_ENUM, Client, cluster_status_to_dict, workflow_to_dict
     from coda.errors import CodaError
-    from coda.flow import limits
     from coda.flow.wire import error_from_rpc
-    from coda.storage import codec
 
-    channels: dict[str, grpc.aio.Channel] = {}
-    out_lock = threading.Lock()
+    if isinstance(exc, grpc.aio.AioRpcError):
+        err = error_from_rpc(exc, target=req.get("target", ""))
+        return {"code": err.code, "type": type(err).__name__, "grpc": exc.code().name,
+                "message": err.message, "definite": err.definite,
+                "details": {k: v for k, v in err.details.items()}}
+    if isinstance(exc, CodaError):
+        return {"code": exc.code, "type": type(exc).__name__, "grpc": None,
+                "message": exc.message, "definite": exc.definite,
+                "details": {k: v for k, v in exc.details.items()}}
+    # a bug in the probe or a bad request: report, keep serving
+    return {"code": "PROBE_ERROR", "type": type(exc).__name__, "grpc": None,
+            "message": repr(exc), "definite": False, "details": {}}
 
-    def channel(address: str) -> grpc.aio.Channel:
-        if address not in channels:
-            channels[address] = grpc.aio.insecure_channel(address, options=[
+
+class _Server:
+    """Reads requests from stdin, runs each as its own task, writes results as they end."""
+
+    def __init__(self):
+        self.channels = {}
+        self.out_lock = threading.Lock()
+
+    def channel(self, address: str):
+        import grpc
+
+        from coda.flow import limits
+
+        if address not in self.channels:
+            self.channels[address] = grpc.aio.insecure_channel(address, options=[
                 ("grpc.max_receive_message_length", limits.grpc_message_bytes_max),
                 ("grpc.enable_retries", 0),
                 ("grpc.enable_http_proxy", 0)])
-        return channels[address]
+        return self.channels[address]
 
-    def local_status_to_dict(answer) -> dict:
-        return {"node_id": answer.node_id, "replicas": [
-            {"role": r.role, "term": r.term, "commit_index": r.commit_index,
-             "applied_index": r.applied_index, "leader": r.leader or None}
-            for r in answer.replicas]}
-
-    async def once(req: dict):
+    async def once(self, req: dict):
         target, timeout = req["target"], float(req.get("timeout", 5.0))
         op = req["op"]
-        if op == "local_status":
-            answer = await pb_grpc.PeerStub(channel(target)).GetLocalStatus(
-                pb.GetLocalStatusRequest(), timeout=timeout)
-            return local_status_to_dict(answer)
-        flow = pb_grpc.FlowStub(channel(target))
-        if op == "cluster_status":
-            return cluster_status_to_dict(await flow.GetClusterStatus(
-                pb.GetClusterStatusRequest(), timeout=timeout))
-        if op == "start":
-            answer = await flow.StartWorkflow(pb.StartWorkflowRequest(
-                workflow_id=req["workflow_id"], workflow_type=req["workflow_type"],
-                input=codec.encode_payload(req.get("args") or {}, what="args",
-                                           limit_bytes=limits.payload_bytes_default),
-                reuse_policy=REUSE_ENUM[req.get("reuse_policy", "ALLOW_DUPLICATE")],
-                request_id=req.get("request_id") or uuid.uuid4().hex), timeout=timeout)
-            return {"run_id": answer.run_id, "started": answer.started, "shard": answer.shard}
-        if op == "describe":
-            answer = await flow.DescribeWorkflow(pb.DescribeWorkflowRequest(
-                workflow_id=req["workflow_id"], run_id=req.get("run_id") or ""), timeout=timeout)
-            return workflow_to_dict(answer.workflow)
-        raise ValueError(f"unknown op {op!r}; one of {OPS}")
+        handler = _ONCE.get(op)
+        if handler is None:
+            raise ValueError(f"unknown op {op!r}; one of {OPS}")
+        return await handler(self.channel(target), req, timeout)
 
-    async def with_retries(req: dict):
+    async def with_retries(self, req: dict):
+        from coda.client.client import Client
+
         timeout = float(req.get("timeout", 30.0))
         async with Client(req["target"], timeout_s=timeout) as client:
             op = req["op"]
-            if op == "cluster_status":
-                return await client.cluster_status()
-            if op == "start":
-                handle = await client.start_workflow(
-                    req["workflow_type"], req.get("args") or {}, workflow_id=req["workflow_id"],
-                    reuse_policy=req.get("reuse_policy", "ALLOW_DUPLICATE"),
-                    request_id=req.get("request_id"))
-                return {"run_id": handle.run_id, "started": handle.started}
-            if op == "describe":
-                return await client.describe_workflow(req["workflow_id"], req.get("run_id"))
-            raise ValueError(f"op {op!r} has no retrying form")
+            handler = _RETRYING.get(op)
+            if handler is None:
+                raise ValueError(f"op {op!r} has no retrying form")
+            return await handler(client, req)
 
-    def emit(result: dict) -> None:
+    def emit(self, result: dict) -> None:
         line = json.dumps(result, default=repr)
-        with out_lock:
+        with self.out_lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
-    async def handle(req: dict) -> None:
+    async def handle(self, req: dict) -> None:
         result = {"id": req.get("id"), "op": req.get("op"), "target": req.get("target"),
                   "t0": time.monotonic()}
         try:
-            value = await (with_retries(req) if req.get("retry") else once(req))
+            value = await (self.with_retries(req) if req.get("retry") else self.once(req))
             result.update(ok=True, value=value)
-        except grpc.aio.AioRpcError as exc:
-            err = error_from_rpc(exc, target=req.get("target", ""))
-            result.update(ok=False, error={
-                "code": err.code, "type": type(err).__name__, "grpc": exc.code().name,
-                "message": err.message, "definite": err.definite,
-                "details": {k: v for k, v in err.details.items()}})
-        except CodaError as err:
-            result.update(ok=False, error={
-                "code": err.code, "type": type(err).__name__, "grpc": None,
-                "message": err.message, "definite": err.definite,
-                "details": {k: v for k, v in err.details.items()}})
-        except Exception as exc:  # a bug in the probe or a bad request: report, keep serving
-            result.update(ok=False, error={"code": "PROBE_ERROR", "type": type(exc).__name__,
-                                           "grpc": None, "message": repr(exc),
-                                           "definite": False, "details": {}})
+        except Exception as exc:  # every failure becomes a result; keep serving
+            result.update(ok=False, error=_error_of(exc, req))
         result["t1"] = time.monotonic()
-        emit(result)
+        self.emit(result)
 
-    async def main() -> None:
+    async def main(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         tasks = set()
         while True:
@@ -147,15 +201,19 @@ def _serve() -> None:
             line = line.strip()
             if not line:
                 continue
-            task = loop.create_task(handle(json.loads(line)))
+            task = loop.create_task(self.handle(json.loads(line)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.gather(*tasks)
-        for ch in channels.values():
+        for ch in self.channels.values():
             await ch.close()
 
-    asyncio.run(main())
+
+def _serve() -> None:
+    import asyncio
+
+    asyncio.run(_Server().main())
 
 
 # === the test side ======================================================================

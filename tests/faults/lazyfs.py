@@ -73,348 +73,381 @@ class _Pending:
         self.floor = size
         self.blocks: dict[int, bytearray] = {}
 
+    def block(self, b: int) -> bytearray:
+        """Block `b` of the overlay, filled from the backing file on first use."""
+        blk = self.blocks.get(b)
+        if blk is None:
+            blk = bytearray(BLOCK)
+            start = b * BLOCK
+            if start < self.floor:
+                data = os.pread(self.fd, min(BLOCK, self.floor - start), start)
+                blk[:len(data)] = data
+            self.blocks[b] = blk
+        return blk
 
-def _make_operations():
-    from fuse import FuseOSError, Operations  # fusepy; imported late so the helper side works without it
+    def write(self, data: bytes, offset: int) -> None:
+        pos, end = offset, offset + len(data)
+        view = memoryview(data)
+        while pos < end:
+            b, inner = divmod(pos, BLOCK)
+            n = min(BLOCK - inner, end - pos)
+            self.block(b)[inner:inner + n] = view[pos - offset:pos - offset + n]
+            pos += n
+        self.size = max(self.size, end)
 
-    class LazyOperations(Operations):
-        use_ns = True
-
-        def __init__(self, root: str, backing_fsync: bool = False):
-            self.root = os.path.realpath(root)
-            self.backing_fsync = backing_fsync
-            self._mu = threading.RLock()
-            self.pending: dict[tuple[int, int], _Pending] = {}
-            self.handles: dict[tuple[int, int], int] = {}   # open FUSE handles per inode
-            self.fh_key: dict[int, tuple[int, int]] = {}
-            self.sync_fhs: set[int] = set()                  # opened with O_SYNC / O_DSYNC
-            self.counters = {"writes": 0, "write_bytes": 0, "fsyncs": 0, "synced_bytes": 0,
-                             "drops": 0, "dropped_bytes": 0, "dropped_files": 0}
-
-        # --- helpers ------------------------------------------------------------------
-        def _full(self, path: str) -> str:
-            return os.path.join(self.root, path.lstrip("/"))
-
-        @staticmethod
-        def _fh(fi):
-            return fi.fh if fi else None
-
-        def _key_of_fh(self, fh: int) -> tuple[int, int]:
-            key = self.fh_key.get(fh)
-            if key is None:
-                st = os.fstat(fh)
-                key = (st.st_dev, st.st_ino)
-            return key
-
-        def _pending_for(self, key, opener) -> _Pending:
-            p = self.pending.get(key)
-            if p is None:
-                fd = opener()
-                p = _Pending(fd, os.fstat(fd).st_size)
-                self.pending[key] = p
-            return p
-
-        def _reopen_fh(self, fh: int):
-            return lambda: os.open(f"/proc/self/fd/{fh}", os.O_RDWR | os.O_CLOEXEC)
-
-        def _block(self, p: _Pending, b: int) -> bytearray:
-            blk = p.blocks.get(b)
-            if blk is None:
-                blk = bytearray(BLOCK)
+    def truncate(self, length: int) -> None:
+        if length < self.size:
+            for b in list(self.blocks):
                 start = b * BLOCK
-                if start < p.floor:
-                    data = os.pread(p.fd, min(BLOCK, p.floor - start), start)
-                    blk[:len(data)] = data
-                p.blocks[b] = blk
-            return blk
+                if start >= length:
+                    del self.blocks[b]
+                elif length - start < BLOCK:
+                    blk = self.blocks[b]
+                    blk[length - start:] = bytes(BLOCK - (length - start))
+            self.floor = min(self.floor, length)
+        self.size = length
 
-        def _write_overlay(self, p: _Pending, data: bytes, offset: int) -> None:
-            pos, end = offset, offset + len(data)
-            view = memoryview(data)
-            while pos < end:
-                b, inner = divmod(pos, BLOCK)
-                n = min(BLOCK - inner, end - pos)
-                self._block(p, b)[inner:inner + n] = view[pos - offset:pos - offset + n]
-                pos += n
-            p.size = max(p.size, end)
+    def read(self, size: int, offset: int) -> bytes:
+        """The file as a reader sees it: backing bytes below `floor`, overlay blocks on top."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        out = bytearray(end - offset)
+        if offset < self.floor:
+            data = os.pread(self.fd, min(end, self.floor) - offset, offset)
+            out[:len(data)] = data
+        for b in range(offset // BLOCK, (end - 1) // BLOCK + 1):
+            blk = self.blocks.get(b)
+            if blk is None:
+                continue
+            start = b * BLOCK
+            lo, hi = max(start, offset), min(start + BLOCK, end)
+            out[lo - offset:hi - offset] = blk[lo - start:hi - start]
+        return bytes(out)
 
-        def _truncate_overlay(self, p: _Pending, length: int) -> None:
-            if length < p.size:
-                for b in list(p.blocks):
-                    start = b * BLOCK
-                    if start >= length:
-                        del p.blocks[b]
-                    elif length - start < BLOCK:
-                        blk = p.blocks[b]
-                        blk[length - start:] = bytes(BLOCK - (length - start))
-                p.floor = min(p.floor, length)
-            p.size = length
 
-        def _apply(self, key) -> None:
-            """fsync: make the inode's unsynced state the backing file's state."""
+_STAT_FIELDS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
+                "st_blocks", "st_blksize", "st_rdev")
+_STATVFS_FIELDS = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree",
+                   "f_files", "f_flag", "f_frsize", "f_namemax")
+
+
+class _LazyState:
+    """The daemon's bookkeeping: unsynced state per inode, open handles, counters.
+    Everything here runs under `_mu` (taken by the callers that are FUSE ops)."""
+
+    def __init__(self, root: str, backing_fsync: bool = False):
+        self.root = os.path.realpath(root)
+        self.backing_fsync = backing_fsync
+        self._mu = threading.RLock()
+        self.pending: dict[tuple[int, int], _Pending] = {}
+        self.handles: dict[tuple[int, int], int] = {}   # open FUSE handles per inode
+        self.fh_key: dict[int, tuple[int, int]] = {}
+        self.sync_fhs: set[int] = set()                  # opened with O_SYNC / O_DSYNC
+        self.counters = {"writes": 0, "write_bytes": 0, "fsyncs": 0, "synced_bytes": 0,
+                         "drops": 0, "dropped_bytes": 0, "dropped_files": 0}
+
+    def _full(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    @staticmethod
+    def _fh(fi):
+        return fi.fh if fi else None
+
+    def _key_of_fh(self, fh: int) -> tuple[int, int]:
+        key = self.fh_key.get(fh)
+        if key is None:
+            st = os.fstat(fh)
+            key = (st.st_dev, st.st_ino)
+        return key
+
+    def _pending_for(self, key, opener) -> _Pending:
+        p = self.pending.get(key)
+        if p is None:
+            fd = opener()
+            p = _Pending(fd, os.fstat(fd).st_size)
+            self.pending[key] = p
+        return p
+
+    def _reopen_fh(self, fh: int):
+        return lambda: os.open(f"/proc/self/fd/{fh}", os.O_RDWR | os.O_CLOEXEC)
+
+    def _pending_for_fh(self, fh: int) -> _Pending:
+        return self._pending_for(self._key_of_fh(fh), self._reopen_fh(fh))
+
+    def _pending_for_path(self, path: str) -> _Pending:
+        full = self._full(path)
+        st = os.stat(full)
+        return self._pending_for((st.st_dev, st.st_ino),
+                                 lambda: os.open(full, os.O_RDWR | os.O_CLOEXEC))
+
+    def _apply(self, key) -> None:
+        """fsync: make the inode's unsynced state the backing file's state."""
+        p = self.pending.pop(key, None)
+        if p is None:
+            return
+        try:
+            if p.floor < os.fstat(p.fd).st_size:
+                os.ftruncate(p.fd, p.floor)
+            os.ftruncate(p.fd, p.size)
+            for b, blk in p.blocks.items():
+                start = b * BLOCK
+                if start < p.size:
+                    chunk = blk[:min(BLOCK, p.size - start)]
+                    os.pwrite(p.fd, chunk, start)
+                    self.counters["synced_bytes"] += len(chunk)
+            if self.backing_fsync:
+                os.fsync(p.fd)
+        finally:
+            os.close(p.fd)
+
+    def _persist_range(self, p: _Pending, data: bytes, offset: int) -> None:
+        """A write on an O_SYNC/O_DSYNC handle: that range is durable at once."""
+        os.pwrite(p.fd, data, offset)
+        if self.backing_fsync:
+            os.fdatasync(p.fd)
+
+    def _forget_if_unused(self, key) -> None:
+        if self.handles.get(key, 0) == 0:
             p = self.pending.pop(key, None)
-            if p is None:
-                return
-            try:
-                if p.floor < os.fstat(p.fd).st_size:
-                    os.ftruncate(p.fd, p.floor)
-                os.ftruncate(p.fd, p.size)
-                for b, blk in p.blocks.items():
-                    start = b * BLOCK
-                    if start < p.size:
-                        chunk = blk[:min(BLOCK, p.size - start)]
-                        os.pwrite(p.fd, chunk, start)
-                        self.counters["synced_bytes"] += len(chunk)
-                if self.backing_fsync:
-                    os.fsync(p.fd)
-            finally:
+            if p is not None:
                 os.close(p.fd)
 
-        def _persist_range(self, p: _Pending, data: bytes, offset: int) -> None:
-            """A write on an O_SYNC/O_DSYNC handle: that range is durable at once."""
-            os.pwrite(p.fd, data, offset)
-            if self.backing_fsync:
-                os.fdatasync(p.fd)
+    def _register(self, fi, fd: int, flags: int) -> None:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with self._mu:
+            self.fh_key[fd] = key
+            self.handles[key] = self.handles.get(key, 0) + 1
+            if flags & (os.O_SYNC | os.O_DSYNC):
+                self.sync_fhs.add(fd)
+        fi.fh = fd
+        fi.direct_io = 0      # page cache on: shared writable mmap must work
+        fi.keep_cache = 0     # a fresh open re-reads from us
 
-        def _forget_if_unused(self, key) -> None:
-            if self.handles.get(key, 0) == 0:
-                p = self.pending.pop(key, None)
-                if p is not None:
-                    os.close(p.fd)
+    def _unregister(self, fh: int) -> None:
+        """The last release of an inode's handle forgets its unsynced state if it is
+        unlinked (nothing can ever read or sync it again)."""
+        key = self.fh_key.pop(fh, None)
+        self.sync_fhs.discard(fh)
+        if key is None:
+            return
+        left = self.handles.get(key, 1) - 1
+        if left:
+            self.handles[key] = left
+            return
+        self.handles.pop(key, None)
+        p = self.pending.get(key)
+        if p is not None and os.fstat(p.fd).st_nlink == 0:
+            self._forget_if_unused(key)
 
-        def drop_unsynced(self) -> dict:
+    def _describe_dropped(self, key, p: _Pending) -> dict:
+        try:
+            name = os.readlink(f"/proc/self/fd/{p.fd}")
+            name = os.path.relpath(name, self.root) if name.startswith(self.root) else name
+        except OSError:
+            name = f"inode {key[1]}"
+        return {"file": name, "blocks": len(p.blocks), "size": p.size,
+                "synced_size": os.fstat(p.fd).st_size}
+
+    def drop_unsynced(self) -> dict:
+        with self._mu:
+            files = []
+            total = 0
+            for key, p in self.pending.items():
+                total += len(p.blocks) * BLOCK
+                files.append(self._describe_dropped(key, p))
+                os.close(p.fd)
+            self.pending.clear()
+            self.counters["drops"] += 1
+            self.counters["dropped_bytes"] += total
+            self.counters["dropped_files"] += len(files)
+            return {"ok": True, "dropped_files": len(files), "dropped_bytes": total,
+                    "files": sorted(files, key=lambda f: f["file"])}
+
+    def stats(self) -> dict:
+        with self._mu:
+            return {"ok": True, "pending_files": len(self.pending),
+                    "pending_bytes": sum(len(p.blocks) * BLOCK for p in self.pending.values()),
+                    "open_handles": sum(self.handles.values()), **self.counters}
+
+
+class _LazyFuseMethods(_LazyState):
+    """One method per FUSE operation. `_make_operations` mixes this into a subclass of
+    fuse.Operations (fusepy is imported late so the helper side works without it)."""
+
+    use_ns = True
+
+    # --- attributes and namespace (pass-through) ----------------------------------
+    def access(self, path, amode):
+        if not os.access(self._full(path), amode):
+            from fuse import FuseOSError
+            raise FuseOSError(errno.EACCES)
+
+    def getattr(self, path, fh=None):
+        fd = self._fh(fh)
+        st = os.fstat(fd) if fd is not None else os.lstat(self._full(path))
+        attrs = {k: getattr(st, k) for k in _STAT_FIELDS}
+        attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns,
+                     st_ctime=st.st_ctime_ns)
+        with self._mu:
+            p = self.pending.get((st.st_dev, st.st_ino))
+            if p is not None:
+                attrs["st_size"] = p.size
+                attrs["st_blocks"] = (p.size + 511) // 512
+        return attrs
+
+    def readlink(self, path):
+        return os.readlink(self._full(path))
+
+    def mknod(self, path, mode, dev):
+        os.mknod(self._full(path), mode, dev)
+
+    def mkdir(self, path, mode):
+        os.mkdir(self._full(path), mode)
+
+    def rmdir(self, path):
+        os.rmdir(self._full(path))
+
+    def symlink(self, target, source):
+        os.symlink(source, self._full(target))
+
+    def link(self, target, source):
+        os.link(self._full(source), self._full(target))
+
+    def chmod(self, path, mode):
+        os.chmod(self._full(path), mode)
+
+    def chown(self, path, uid, gid):
+        os.chown(self._full(path), uid, gid)
+
+    def utimens(self, path, times=None):
+        os.utime(self._full(path), ns=times) if times else os.utime(self._full(path))
+
+    def statfs(self, path):
+        sv = os.statvfs(self._full(path))
+        return {k: getattr(sv, k) for k in _STATVFS_FIELDS}
+
+    def unlink(self, path):
+        full = self._full(path)
+        st = os.lstat(full)
+        os.unlink(full)
+        if st.st_nlink <= 1:
             with self._mu:
-                files = []
-                total = 0
-                for key, p in self.pending.items():
-                    try:
-                        name = os.readlink(f"/proc/self/fd/{p.fd}")
-                        name = os.path.relpath(name, self.root) if name.startswith(self.root) else name
-                    except OSError:
-                        name = f"inode {key[1]}"
-                    nbytes = len(p.blocks) * BLOCK
-                    total += nbytes
-                    files.append({"file": name, "blocks": len(p.blocks), "size": p.size,
-                                  "synced_size": os.fstat(p.fd).st_size})
-                    os.close(p.fd)
-                self.pending.clear()
-                self.counters["drops"] += 1
-                self.counters["dropped_bytes"] += total
-                self.counters["dropped_files"] += len(files)
-                return {"ok": True, "dropped_files": len(files), "dropped_bytes": total,
-                        "files": sorted(files, key=lambda f: f["file"])}
+                self._forget_if_unused((st.st_dev, st.st_ino))
 
-        def stats(self) -> dict:
-            with self._mu:
-                return {"ok": True, "pending_files": len(self.pending),
-                        "pending_bytes": sum(len(p.blocks) * BLOCK for p in self.pending.values()),
-                        "open_handles": sum(self.handles.values()), **self.counters}
-
-        # --- attributes and namespace (pass-through) ----------------------------------
-        def access(self, path, amode):
-            if not os.access(self._full(path), amode):
-                raise FuseOSError(errno.EACCES)
-
-        def getattr(self, path, fh=None):
-            fd = self._fh(fh)
-            st = os.fstat(fd) if fd is not None else os.lstat(self._full(path))
-            attrs = {k: getattr(st, k) for k in ("st_mode", "st_ino", "st_dev", "st_nlink",
-                                                 "st_uid", "st_gid", "st_size", "st_blocks",
-                                                 "st_blksize", "st_rdev")}
-            attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns,
-                         st_ctime=st.st_ctime_ns)
-            with self._mu:
-                p = self.pending.get((st.st_dev, st.st_ino))
-                if p is not None:
-                    attrs["st_size"] = p.size
-                    attrs["st_blocks"] = (p.size + 511) // 512
-            return attrs
-
-        def readlink(self, path):
-            return os.readlink(self._full(path))
-
-        def mknod(self, path, mode, dev):
-            os.mknod(self._full(path), mode, dev)
-
-        def mkdir(self, path, mode):
-            os.mkdir(self._full(path), mode)
-
-        def rmdir(self, path):
-            os.rmdir(self._full(path))
-
-        def symlink(self, target, source):
-            os.symlink(source, self._full(target))
-
-        def link(self, target, source):
-            os.link(self._full(source), self._full(target))
-
-        def chmod(self, path, mode):
-            os.chmod(self._full(path), mode)
-
-        def chown(self, path, uid, gid):
-            os.chown(self._full(path), uid, gid)
-
-        def utimens(self, path, times=None):
-            os.utime(self._full(path), ns=times) if times else os.utime(self._full(path))
-
-        def statfs(self, path):
-            sv = os.statvfs(self._full(path))
-            return {k: getattr(sv, k) for k in ("f_bavail", "f_bfree", "f_blocks", "f_bsize",
-                                                "f_favail", "f_ffree", "f_files", "f_flag",
-                                                "f_frsize", "f_namemax")}
-
-        def unlink(self, path):
-            full = self._full(path)
-            st = os.lstat(full)
-            os.unlink(full)
-            if st.st_nlink <= 1:
+    def rename(self, old, new):
+        src, dst = self._full(old), self._full(new)
+        try:
+            replaced = os.lstat(dst)
+        except FileNotFoundError:
+            replaced = None
+        os.rename(src, dst)
+        if replaced is not None and replaced.st_nlink <= 1:
+            src_st = os.lstat(dst)
+            if (replaced.st_dev, replaced.st_ino) != (src_st.st_dev, src_st.st_ino):
                 with self._mu:
-                    self._forget_if_unused((st.st_dev, st.st_ino))
+                    self._forget_if_unused((replaced.st_dev, replaced.st_ino))
 
-        def rename(self, old, new):
-            src, dst = self._full(old), self._full(new)
-            try:
-                replaced = os.lstat(dst)
-            except FileNotFoundError:
-                replaced = None
-            os.rename(src, dst)
-            if replaced is not None and replaced.st_nlink <= 1:
-                src_st = os.lstat(dst)
-                if (replaced.st_dev, replaced.st_ino) != (src_st.st_dev, src_st.st_ino):
-                    with self._mu:
-                        self._forget_if_unused((replaced.st_dev, replaced.st_ino))
+    # --- directories ---------------------------------------------------------------
+    def opendir(self, path):
+        return os.open(self._full(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-        # --- directories ---------------------------------------------------------------
-        def opendir(self, path):
-            return os.open(self._full(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def readdir(self, path, fh):
+        return [".", ".."] + os.listdir(self._full(path) if path is not None else fh)
 
-        def readdir(self, path, fh):
-            return [".", ".."] + os.listdir(self._full(path) if path is not None else fh)
+    def releasedir(self, path, fh):
+        os.close(fh)
+        return 0
 
-        def releasedir(self, path, fh):
+    def fsyncdir(self, path, datasync, fh):
+        # The namespace is never lazy (module docstring): nothing to make durable.
+        if self.backing_fsync:
+            os.fsync(fh)
+        return 0
+
+    # --- files ---------------------------------------------------------------------
+    def _open_backing(self, full: str, flags: int, mode: int = 0o644) -> int:
+        # Always read-write where possible: the kernel may read pages through any handle
+        # of a writable mapping. O_TRUNC/O_APPEND are handled here, not by the backing fd.
+        base = flags & (os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
+        try:
+            return os.open(full, base | os.O_RDWR | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EROFS, errno.EISDIR, errno.EPERM):
+                raise
+            return os.open(full, base | (flags & os.O_ACCMODE) | os.O_CLOEXEC, mode)
+
+    def open(self, path, fi):
+        flags = fi.flags
+        fd = self._open_backing(self._full(path), flags)
+        self._register(fi, fd, flags)
+        if flags & os.O_TRUNC:
+            self.truncate(path, 0, fi)
+        return 0
+
+    def create(self, path, mode, fi):
+        flags = fi.flags | os.O_CREAT
+        fd = self._open_backing(self._full(path), flags, mode)
+        self._register(fi, fd, flags)
+        if flags & os.O_TRUNC and os.fstat(fd).st_size:
+            self.truncate(path, 0, fi)
+        return 0
+
+    def read(self, path, size, offset, fi):
+        fh = fi.fh
+        with self._mu:
+            p = self.pending.get(self._key_of_fh(fh))
+            if p is None:
+                return os.pread(fh, size, offset)
+            return p.read(size, offset)
+
+    def write(self, path, data, offset, fi):
+        fh = fi.fh
+        with self._mu:
+            p = self._pending_for_fh(fh)
+            p.write(data, offset)
+            if fh in self.sync_fhs:
+                self._persist_range(p, data, offset)
+            self.counters["writes"] += 1
+            self.counters["write_bytes"] += len(data)
+        return len(data)
+
+    def truncate(self, path, length, fh=None):
+        fd = self._fh(fh)
+        with self._mu:
+            if fd is not None:
+                p = self._pending_for_fh(fd)
+            else:
+                p = self._pending_for_path(path)
+            p.truncate(length)
+
+    def flush(self, path, fi):
+        return 0   # close() is not a sync
+
+    def fsync(self, path, datasync, fi):
+        with self._mu:
+            self.counters["fsyncs"] += 1
+            self._apply(self._key_of_fh(fi.fh))
+        return 0
+
+    def release(self, path, fi):
+        fh = fi.fh
+        with self._mu:
+            self._unregister(fh)
             os.close(fh)
-            return 0
+        return 0
 
-        def fsyncdir(self, path, datasync, fh):
-            # The namespace is never lazy (module docstring): nothing to make durable.
-            if self.backing_fsync:
-                os.fsync(fh)
-            return 0
+    def destroy(self, path):
+        log.info("unmounting; unsynced data lost with this process: %s",
+                 json.dumps({k: v for k, v in self.stats().items() if k != "ok"}))
 
-        # --- files ---------------------------------------------------------------------
-        def _register(self, fi, fd: int, flags: int) -> None:
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            with self._mu:
-                self.fh_key[fd] = key
-                self.handles[key] = self.handles.get(key, 0) + 1
-                if flags & (os.O_SYNC | os.O_DSYNC):
-                    self.sync_fhs.add(fd)
-            fi.fh = fd
-            fi.direct_io = 0      # page cache on: shared writable mmap must work
-            fi.keep_cache = 0     # a fresh open re-reads from us
 
-        def _open_backing(self, full: str, flags: int, mode: int = 0o644) -> int:
-            # Always read-write where possible: the kernel may read pages through any handle
-            # of a writable mapping. O_TRUNC/O_APPEND are handled here, not by the backing fd.
-            base = flags & (os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
-            try:
-                return os.open(full, base | os.O_RDWR | os.O_CLOEXEC, mode)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EROFS, errno.EISDIR, errno.EPERM):
-                    raise
-                return os.open(full, base | (flags & os.O_ACCMODE) | os.O_CLOEXEC, mode)
+def _make_operations():
+    from fuse import Operations  # fusepy; imported late so the helper side works without it
 
-        def open(self, path, fi):
-            flags = fi.flags
-            fd = self._open_backing(self._full(path), flags)
-            self._register(fi, fd, flags)
-            if flags & os.O_TRUNC:
-                self.truncate(path, 0, fi)
-            return 0
-
-        def create(self, path, mode, fi):
-            flags = fi.flags | os.O_CREAT
-            fd = self._open_backing(self._full(path), flags, mode)
-            self._register(fi, fd, flags)
-            if flags & os.O_TRUNC and os.fstat(fd).st_size:
-                self.truncate(path, 0, fi)
-            return 0
-
-        def read(self, path, size, offset, fi):
-            fh = fi.fh
-            with self._mu:
-                p = self.pending.get(self._key_of_fh(fh))
-                if p is None:
-                    return os.pread(fh, size, offset)
-                end = min(offset + size, p.size)
-                if offset >= end:
-                    return b""
-                out = bytearray(end - offset)
-                if offset < p.floor:
-                    data = os.pread(p.fd, min(end, p.floor) - offset, offset)
-                    out[:len(data)] = data
-                for b in range(offset // BLOCK, (end - 1) // BLOCK + 1):
-                    blk = p.blocks.get(b)
-                    if blk is None:
-                        continue
-                    start = b * BLOCK
-                    lo, hi = max(start, offset), min(start + BLOCK, end)
-                    out[lo - offset:hi - offset] = blk[lo - start:hi - start]
-                return bytes(out)
-
-        def write(self, path, data, offset, fi):
-            fh = fi.fh
-            with self._mu:
-                p = self._pending_for(self._key_of_fh(fh), self._reopen_fh(fh))
-                self._write_overlay(p, data, offset)
-                if fh in self.sync_fhs:
-                    self._persist_range(p, data, offset)
-                self.counters["writes"] += 1
-                self.counters["write_bytes"] += len(data)
-            return len(data)
-
-        def truncate(self, path, length, fh=None):
-            fd = self._fh(fh)
-            with self._mu:
-                if fd is not None:
-                    p = self._pending_for(self._key_of_fh(fd), self._reopen_fh(fd))
-                else:
-                    full = self._full(path)
-                    st = os.stat(full)
-                    p = self._pending_for((st.st_dev, st.st_ino),
-                                          lambda: os.open(full, os.O_RDWR | os.O_CLOEXEC))
-                self._truncate_overlay(p, length)
-
-        def flush(self, path, fi):
-            return 0   # close() is not a sync
-
-        def fsync(self, path, datasync, fi):
-            with self._mu:
-                self.counters["fsyncs"] += 1
-                self._apply(self._key_of_fh(fi.fh))
-            return 0
-
-        def release(self, path, fi):
-            fh = fi.fh
-            with self._mu:
-                key = self.fh_key.pop(fh, None)
-                self.sync_fhs.discard(fh)
-                if key is not None:
-                    left = self.handles.get(key, 1) - 1
-                    if left:
-                        self.handles[key] = left
-                    else:
-                        self.handles.pop(key, None)
-                        p = self.pending.get(key)
-                        if p is not None and os.fstat(p.fd).st_nlink == 0:
-                            self._forget_if_unused(key)
-                os.close(fh)
-            return 0
-
-        def destroy(self, path):
-            log.info("unmounting; unsynced data lost with this process: %s",
-                     json.dumps({k: v for k, v in self.stats().items() if k != "ok"}))
+    class LazyOperations(_LazyFuseMethods, Operations):
+        pass
 
     return LazyOperations
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -138,122 +139,189 @@ def test_isolated_old_leader_never_serves_stale_read(net, tmp_path):
         cluster.close()
 
 
+@dataclass
+class Facts:
+    """What the phases learn and hand on: L, its term before the cut, the acknowledged runs."""
+    wf_a: str
+    wf_b: str
+    leader: int = -1
+    term: int = -1            # L's term before the cut
+    t_iso: float = 0.0        # when L was cut off
+    run_a1: str = ""
+    run_b: str = ""
+    run_a2: str = ""
+
+    @property
+    def majority(self) -> list[int]:
+        return [i for i in range(3) if i != self.leader]
+
+    @property
+    def expected(self) -> dict[str, str]:
+        return {self.wf_b: self.run_b, self.wf_a: self.run_a2}
+
+    def label(self, wf: str) -> str:
+        return "B" if wf == self.wf_b else "A"
+
+
+class LeaderTimeline:
+    """L's role as L reports it: (probe time the status request left, time it came back,
+    role, term). A read counts as "sent while L led" if the last status answered before
+    it was sent and the first one requested after it was sent both say leader, old term."""
+
+    def __init__(self, sc: Scenario, facts: Facts):
+        self.sc, self.facts = sc, facts
+        self.samples: list[tuple[float, float, str, int]] = []
+
+    def sample(self) -> dict | None:
+        r = self.sc.probe.call("local_status", target=self.sc.addr[self.facts.leader],
+                               timeout=1.0)
+        v = r["value"]["replicas"][SHARD] if r["ok"] else None
+        self.samples.append((r["t0"], r["t1"], v["role"] if v else "no answer",
+                             v["term"] if v else -1))
+        return v
+
+    def leading_around(self, t: float) -> bool:
+        before_s = [s for s in self.samples if s[1] <= t]
+        after_s = [s for s in self.samples if s[0] >= t]
+        return bool(before_s and after_s
+                    and all(s[2] == "leader" and s[3] == self.facts.term
+                            for s in (before_s[-1], after_s[0])))
+
+    def first_step_down(self) -> float | None:
+        return next((s[0] for s in self.samples if s[2] != "leader"), None)
+
+
 def run_scenario(sc: Scenario) -> None:
-    probe, addr = sc.probe, sc.addr
-    wf_a, wf_b = workflow_id_on(sc.rng, SHARD, "a"), workflow_id_on(sc.rng, SHARD, "b")
+    facts = Facts(wf_a=workflow_id_on(sc.rng, SHARD, "a"), wf_b=workflow_id_on(sc.rng, SHARD, "b"))
+    start_a_through_leader(sc, facts)                   # 1
+    isolate_leader(sc, facts)                           # 2
+    write_through_majority(sc, facts)                   # 3
+    checked = read_through_isolated_leader(sc, facts)   # 4
+    assert_reads_safe(sc, facts, checked)
+    heal_and_read_fresh(sc, facts)                      # 5
 
-    # 1. L leads S; A starts through L.
-    leader = sc.leader_of_shard()
-    majority = [i for i in range(3) if i != leader]
+
+def start_a_through_leader(sc: Scenario, facts: Facts) -> None:
+    """1. L leads S; A starts through L."""
+    facts.leader = leader = sc.leader_of_shard()
     before = sc.local(leader)
-    sc.note(f"shard {SHARD} leader is node {leader} ({addr[leader]}), term {before['term']}")
-    r = check_ok(probe.call("start", target=addr[leader], workflow_type="stale",
-                            workflow_id=wf_a, timeout=10.0), "start A through L")
+    facts.term = before["term"]
+    sc.note(f"shard {SHARD} leader is node {leader} ({sc.addr[leader]}), term {before['term']}")
+    r = check_ok(sc.probe.call("start", target=sc.addr[leader], workflow_type="stale",
+                               workflow_id=facts.wf_a, timeout=10.0), "start A through L")
     assert r["started"], r
-    run_a1 = r["run_id"]
-    sc.note(f"A={wf_a} started through L: run a1={run_a1}")
+    facts.run_a1 = r["run_id"]
+    sc.note(f"A={facts.wf_a} started through L: run a1={facts.run_a1}")
 
-    # 2. Partition: L <-/-> majority.
-    sc.net.isolate(leader)
-    t_iso = time.monotonic()
-    sc.note(f"isolated node {leader} from nodes {majority}")
 
-    # 3. The majority elects M and acknowledges B and A's second run.
+def isolate_leader(sc: Scenario, facts: Facts) -> None:
+    """2. Partition: L <-/-> majority."""
+    sc.net.isolate(facts.leader)
+    facts.t_iso = time.monotonic()
+    sc.note(f"isolated node {facts.leader} from nodes {facts.majority}")
+
+
+def write_through_majority(sc: Scenario, facts: Facts) -> None:
+    """3. The majority elects M and acknowledges B and A's second run."""
+    probe, addr, majority = sc.probe, sc.addr, facts.majority
+
     def new_leader():
         for i in majority:
             v = sc.local(i, timeout=1.0)
-            if v and v["role"] == "leader" and v["term"] > before["term"]:
+            if v and v["role"] == "leader" and v["term"] > facts.term:
                 return (i, v["term"])
         return None
     new, new_term = sc.wait_for("a new leader on the majority side", new_leader, 20.0)
     sc.note(f"node {new} leads shard {SHARD} in term {new_term} "
-            f"({time.monotonic() - t_iso:.2f} s after the cut)")
+            f"({time.monotonic() - facts.t_iso:.2f} s after the cut)")
     r = check_ok(probe.call("start", target=addr[new], workflow_type="stale",
-                            workflow_id=wf_b, retry=True, timeout=15.0), "start B through M")
+                            workflow_id=facts.wf_b, retry=True, timeout=15.0),
+                 "start B through M")
     assert r["started"], r
-    run_b = r["run_id"]
-    r = check_ok(probe.call("start", target=addr[new], workflow_type="stale", workflow_id=wf_a,
-                            reuse_policy="TERMINATE_IF_RUNNING", retry=True, timeout=15.0),
+    facts.run_b = r["run_id"]
+    r = check_ok(probe.call("start", target=addr[new], workflow_type="stale",
+                            workflow_id=facts.wf_a, reuse_policy="TERMINATE_IF_RUNNING",
+                            retry=True, timeout=15.0),
                  "restart A through M")
     assert r["started"], r
-    run_a2 = r["run_id"]
-    assert run_a2 != run_a1
-    sc.note(f"through M: B={wf_b} run={run_b}; A restarted run a2={run_a2}")
+    facts.run_a2 = r["run_id"]
+    assert facts.run_a2 != facts.run_a1
+    sc.note(f"through M: B={facts.wf_b} run={facts.run_b}; A restarted run a2={facts.run_a2}")
     other = next(i for i in majority if i != new)
-    for wf, run in ((wf_b, run_b), (wf_a, run_a2)):
+    for wf, run in ((facts.wf_b, facts.run_b), (facts.wf_a, facts.run_a2)):
         r = check_ok(probe.call("describe", target=addr[other], workflow_id=wf, retry=True,
                                 timeout=15.0), f"describe {wf} through the majority")
         assert r["run_id"] == run, r
 
-    # 4. Read through L while L still reports itself leader of S.
-    expected = {wf_b: run_b, wf_a: run_a2}
-    # L's role as L reports it: (probe time the status request left, time it came back,
-    # role, term). A read counts as "sent while L led" if the last status answered before
-    # it was sent and the first one requested after it was sent both say leader, old term.
-    timeline: list[tuple[float, float, str, int]] = []
 
-    def sample_l() -> dict | None:
-        r = probe.call("local_status", target=addr[leader], timeout=1.0)
-        v = r["value"]["replicas"][SHARD] if r["ok"] else None
-        timeline.append((r["t0"], r["t1"], v["role"] if v else "no answer",
-                         v["term"] if v else -1))
-        return v
-
-    def leading_around(t: float) -> bool:
-        before_s = [s for s in timeline if s[1] <= t]
-        after_s = [s for s in timeline if s[0] >= t]
-        return bool(before_s and after_s
-                    and all(s[2] == "leader" and s[3] == before["term"]
-                            for s in (before_s[-1], after_s[0])))
-
-    reads: list[tuple[int, str]] = []     # (probe request id, workflow id)
-    rounds = 0
-    while rounds < READ_ROUNDS_MAX:
-        if time.monotonic() - t_iso > FALLBACK_S - READ_WINDOW_MARGIN_S:
-            break
-        v = sample_l()
-        if not v or v["role"] != "leader":
-            break
-        for wf in (wf_b, wf_a):
-            reads.append((probe.submit("describe", target=addr[leader], workflow_id=wf,
-                                       timeout=READ_DEADLINE_S), wf))
-        rounds += 1
-        sc.note(f"read round {rounds} sent to L (L says role={v['role']} term={v['term']}, "
-                f"{time.monotonic() - t_iso:.2f} s after the cut)")
-        gap_end = time.monotonic() + READ_ROUND_GAP_S
-        while time.monotonic() < gap_end:
-            sample_l()
-            time.sleep(0.2)
-    assert rounds > 0, ("L stopped reporting leader before any read was sent; the window "
-                        "was missed\n" + sc.diagnostics())
+def read_through_isolated_leader(sc: Scenario, facts: Facts) -> list[tuple]:
+    """4. Read through L while L still reports itself leader of S. Returns one
+    (label, verdict, L led around it, result) per read."""
+    timeline = LeaderTimeline(sc, facts)
+    reads = send_read_rounds(sc, facts, timeline)
     # Keep sampling L's role until every read has an answer.
-    while not all(probe.done(rid) for rid, _ in reads):
-        sample_l()
+    while not all(sc.probe.done(rid) for rid, _ in reads):
+        timeline.sample()
         time.sleep(0.2)
-    step_down = next((s[0] for s in timeline if s[2] != "leader"), None)
+    step_down = timeline.first_step_down()
     if step_down is not None:
-        sc.note(f"L first reported role != leader {step_down - t_iso:.2f} s after the cut")
+        sc.note(f"L first reported role != leader {step_down - facts.t_iso:.2f} s after the cut")
 
     checked = []
     for rid, wf in reads:
-        result = probe.result(rid)
-        l_leading = leading_around(result["t0"])
-        verdict = classify(result, expected[wf])
-        label = "B" if wf == wf_b else "A"
-        sc.note(f"read {label} via L sent +{result['t0'] - t_iso:.2f} s after the cut: "
+        result = sc.probe.result(rid)
+        l_leading = timeline.leading_around(result["t0"])
+        verdict = classify(result, facts.expected[wf])
+        label = facts.label(wf)
+        sc.note(f"read {label} via L sent +{result['t0'] - facts.t_iso:.2f} s after the cut: "
                 f"{verdict}: {describe_outcome(result)}; L led around it: {l_leading}")
         checked.append((label, verdict, l_leading, result))
+    return checked
+
+
+def send_read_rounds(sc: Scenario, facts: Facts,
+                     timeline: LeaderTimeline) -> list[tuple[int, str]]:
+    """Rounds of reads of B and A through L, while L says it leads and its fallback is not
+    near. Returns (probe request id, workflow id) per read."""
+    reads: list[tuple[int, str]] = []
+    rounds = 0
+    while rounds < READ_ROUNDS_MAX:
+        if time.monotonic() - facts.t_iso > FALLBACK_S - READ_WINDOW_MARGIN_S:
+            break
+        v = timeline.sample()
+        if not v or v["role"] != "leader":
+            break
+        for wf in (facts.wf_b, facts.wf_a):
+            reads.append((sc.probe.submit("describe", target=sc.addr[facts.leader],
+                                          workflow_id=wf, timeout=READ_DEADLINE_S), wf))
+        rounds += 1
+        sc.note(f"read round {rounds} sent to L (L says role={v['role']} term={v['term']}, "
+                f"{time.monotonic() - facts.t_iso:.2f} s after the cut)")
+        gap_end = time.monotonic() + READ_ROUND_GAP_S
+        while time.monotonic() < gap_end:
+            timeline.sample()
+            time.sleep(0.2)
+    assert rounds > 0, ("L stopped reporting leader before any read was sent; the window "
+                        "was missed\n" + sc.diagnostics())
+    return reads
+
+
+def assert_reads_safe(sc: Scenario, facts: Facts, checked: list[tuple]) -> None:
     stale = [c for c in checked if c[1] == "stale"]
     assert not stale, ("STALE READ from the isolated old leader:\n" + "\n".join(
         f"  {label}: {describe_outcome(res)}" for label, _, _, res in stale)
-        + f"\nexpected B run {run_b}, A run {run_a2} (A's old run {run_a1})\n" + sc.diagnostics())
+        + f"\nexpected B run {facts.run_b}, A run {facts.run_a2} (A's old run {facts.run_a1})\n"
+        + sc.diagnostics())
     unexpected = [c for c in checked if c[1] == "unexpected"]
     assert not unexpected, ("unexpected answers from L: " + "; ".join(
         describe_outcome(res) for *_, res in unexpected) + "\n" + sc.diagnostics())
     assert any(c[2] for c in checked), ("no read went to L while it reported itself leader\n"
                                         + sc.diagnostics())
 
-    # 5. Heal: L converges and, through L, B and A read fresh.
+
+def heal_and_read_fresh(sc: Scenario, facts: Facts) -> None:
+    """5. Heal: L converges and, through L, B and A read fresh."""
+    leader, addr = facts.leader, sc.addr
     sc.net.heal()
     t_heal = time.monotonic()
     sc.note("healed")
@@ -275,11 +343,12 @@ def run_scenario(sc: Scenario) -> None:
     sc.note(f"converged {time.monotonic() - t_heal:.2f} s after the heal: L is "
             f"{views[leader]['role']} in term {views[leader]['term']}, applied index "
             f"{views[leader]['applied_index']} on every replica")
-    for wf, run in expected.items():
-        r = check_ok(probe.call("describe", target=addr[leader], workflow_id=wf, retry=True,
-                                timeout=15.0), f"describe {wf} through L after the heal")
+    for wf, run in facts.expected.items():
+        r = check_ok(sc.probe.call("describe", target=addr[leader], workflow_id=wf, retry=True,
+                                   timeout=15.0), f"describe {wf} through L after the heal")
         assert r["run_id"] == run, (r, sc.diagnostics())
-    r = check_ok(probe.call("describe", target=addr[leader], workflow_id=wf_a, run_id=run_a1,
-                            retry=True, timeout=15.0), "describe A's old run through L")
+    r = check_ok(sc.probe.call("describe", target=addr[leader], workflow_id=facts.wf_a,
+                               run_id=facts.run_a1, retry=True, timeout=15.0),
+                 "describe A's old run through L")
     assert r["status"] == "TERMINATED", r
     sc.note("through L after the heal: B and A's new run read fresh; A's old run is TERMINATED")

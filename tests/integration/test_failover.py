@@ -50,32 +50,53 @@ def test_leader_kill_mid_stream(make_cluster, tmp_path):
     survivors = [i for i in range(3) if i != victim]
     stream = StartStream(cluster, cluster.address_of(survivors), "fo").start()
     try:
-        for shard in range(SHARDS):
-            stream.wait_acks(WARMUP_ACKS, shard=shard)
-
-        killed_at = time.monotonic()
-        cluster.kill(victim)
-        new_leader = wait_new_leader(cluster, SHARD, victim, survivors, FAILOVER_BUDGET_S)
-        leader_at = time.monotonic()
-        first_ack_at = stream.wait_acks(1, shard=SHARD, after=killed_at,
-                                        timeout_s=FAILOVER_BUDGET_S)[0][0]
-        stream.wait_acks(AFTER_ACKS, shard=SHARD, after=killed_at)
-        for shard in range(SHARDS):  # every shard keeps taking starts without the victim
-            stream.wait_acks(10, shard=shard, after=leader_at)
-        cluster.assert_alive(survivors)
-
-        cluster.start(victim)  # rejoins while the writers keep going
-        restarted_at = time.monotonic()
-        for shard in range(SHARDS):
-            stream.wait_acks(10, shard=shard, after=restarted_at)
+        timing = kill_and_restart_victim(cluster, stream, victim, survivors)
     finally:
         stream.stop()
+    write_report(cluster, stream, victim, timing, tmp_path)
 
+    assert not stream.errors, stream.errors[:10]
+    converged = cluster.wait_converged(timeout_s=90)
+    cluster.assert_alive()
+
+    acked = dict(stream.acked)
+    assert_acked_through_every_node(cluster, acked)
+    assert_listing_matches(cluster, acked, stream.unknown)
+    assert_replicas_identical(cluster, acked, converged)
+
+
+def kill_and_restart_victim(cluster, stream, victim: int, survivors: list) -> dict:
+    """With the writers going: warm up, SIGKILL the victim, measure the failover, then
+    restart the victim. Returns the new leader and the measured instants."""
+    for shard in range(SHARDS):
+        stream.wait_acks(WARMUP_ACKS, shard=shard)
+
+    killed_at = time.monotonic()
+    cluster.kill(victim)
+    new_leader = wait_new_leader(cluster, SHARD, victim, survivors, FAILOVER_BUDGET_S)
+    leader_at = time.monotonic()
+    first_ack_at = stream.wait_acks(1, shard=SHARD, after=killed_at,
+                                    timeout_s=FAILOVER_BUDGET_S)[0][0]
+    stream.wait_acks(AFTER_ACKS, shard=SHARD, after=killed_at)
+    for shard in range(SHARDS):  # every shard keeps taking starts without the victim
+        stream.wait_acks(10, shard=shard, after=leader_at)
+    cluster.assert_alive(survivors)
+
+    cluster.start(victim)  # rejoins while the writers keep going
+    restarted_at = time.monotonic()
+    for shard in range(SHARDS):
+        stream.wait_acks(10, shard=shard, after=restarted_at)
+    return {"new_leader": new_leader, "killed_at": killed_at, "leader_at": leader_at,
+            "first_ack_at": first_ack_at}
+
+
+def write_report(cluster, stream, victim: int, timing: dict, tmp_path) -> None:
+    killed_at = timing["killed_at"]
     report = {
         "shards": SHARDS, "shard": SHARD, "victim": cluster.nodes[victim]["id"],
-        "new_leader": cluster.nodes[new_leader]["id"],
-        "kill_to_new_leader_s": round(leader_at - killed_at, 3),
-        "kill_to_first_ack_s": round(first_ack_at - killed_at, 3),
+        "new_leader": cluster.nodes[timing["new_leader"]]["id"],
+        "kill_to_new_leader_s": round(timing["leader_at"] - killed_at, 3),
+        "kill_to_first_ack_s": round(timing["first_ack_at"] - killed_at, 3),
         "acked": len(stream.acked), "unknown": len(stream.unknown),
         "acked_on_shard_before_kill": len(stream.acks(SHARD)) - len(stream.acks(SHARD, killed_at)),
         "acked_on_shard_after_kill": len(stream.acks(SHARD, killed_at)),
@@ -86,12 +107,9 @@ def test_leader_kill_mid_stream(make_cluster, tmp_path):
           f"kill -> first acknowledged start {report['kill_to_first_ack_s']:.3f} s "
           f"({report['acked']} acked, {report['unknown']} unknown); written to {path}")
 
-    assert not stream.errors, stream.errors[:10]
-    converged = cluster.wait_converged(timeout_s=90)
-    cluster.assert_alive()
 
+def assert_acked_through_every_node(cluster, acked: dict) -> None:
     # Every acknowledged start, through every node (reads are barriers on the leader).
-    acked = dict(stream.acked)
     for i in range(3):
         answers = describe_many(cluster.nodes[i]["client"], sorted(acked))
         wrong = {wid: a for wid, a in answers.items()
@@ -99,6 +117,9 @@ def test_leader_kill_mid_stream(make_cluster, tmp_path):
                  or a["status"] != "RUNNING"}
         assert not wrong, f"via {cluster.nodes[i]['id']}: {len(wrong)} acked starts wrong: " \
                           f"{list(wrong.items())[:5]}"
+
+
+def assert_listing_matches(cluster, acked: dict, unknown: set) -> None:
     with cluster.client() as c:
         listed = []
         token = b""
@@ -109,8 +130,10 @@ def test_leader_kill_mid_stream(make_cluster, tmp_path):
                 break
     assert len(listed) == len(set(listed))
     assert set(acked) <= set(listed)
-    assert set(listed) <= set(acked) | stream.unknown  # nothing appeared from nowhere
+    assert set(listed) <= set(acked) | unknown  # nothing appeared from nowhere
 
+
+def assert_replicas_identical(cluster, acked: dict, converged) -> None:
     cluster.wait_converged(timeout_s=60)
     cluster.stop()
     digests = cluster.digests()
