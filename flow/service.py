@@ -18,7 +18,7 @@ import grpc
 
 from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
-from coda.errors import (CodaError, Indeterminate, Internal, InvalidArgument, NotLeader,
+from coda.errors import (CodaError, Internal, InvalidArgument, NotLeader,
                          Unavailable)
 from coda.flow import commands, limits, listing, metrics, model, queries, validate, wire
 from coda.flow.config import NodeConfig
@@ -175,8 +175,7 @@ class Router:
                     return await remote(hint)
                 except grpc.aio.AioRpcError as exc:
                     err = wire.error_from_rpc(exc, target=hint)
-                    if not (isinstance(err, NotLeader) or
-                            (isinstance(err, Indeterminate) and _never_sent(exc))):
+                    if not (isinstance(err, NotLeader) or wire.never_sent(exc)):
                         raise err from None
             if time.monotonic() > deadline:
                 raise Unavailable(f"shard {shard} has no reachable leader", shard=shard)
@@ -185,11 +184,6 @@ class Router:
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
-
-
-def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
-    # A connection that could not be made carried no request: safe to retry elsewhere.
-    return exc.code() == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower()
 
 
 def channel_options() -> list:

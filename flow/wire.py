@@ -37,6 +37,13 @@ def status_for(error: errors.CodaError) -> grpc.StatusCode:
     return STATUS_BY_CODE.get(error.code, grpc.StatusCode.INTERNAL)
 
 
+def never_sent(exc: grpc.RpcError) -> bool:
+    """A call that failed because no connection could be made carried no request: it
+    surely did not happen (definite), and is safe to send elsewhere."""
+    return (exc.code() == grpc.StatusCode.UNAVAILABLE
+            and "failed to connect" in (exc.details() or "").lower())
+
+
 def error_from_rpc(exc: grpc.RpcError, *, target: str = "") -> errors.CodaError:
     """Rebuild the CodaError a server sent, or classify a transport failure."""
     trailers = exc.trailing_metadata() or ()
@@ -50,6 +57,8 @@ def error_from_rpc(exc: grpc.RpcError, *, target: str = "") -> errors.CodaError:
     detail = exc.details() or code.name
     where = f" ({target})" if target else ""
     if code == grpc.StatusCode.UNAVAILABLE:
+        if never_sent(exc):
+            return errors.Unavailable(f"can't connect{where}: {detail}", target=target)
         # The request may have reached the server before the connection broke.
         return errors.Indeterminate(f"connection failed{where}: {detail}", target=target)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
