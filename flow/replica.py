@@ -153,8 +153,8 @@ class ShardReplica(DurableSyncObj):
             metrics.apply_batch_entries.labels(self._label).observe(entries)
             metrics.apply_batch_seconds.labels(self._label).observe(self.applier.last_batch_duration_s)
         results, self._results_after_commit = self._results_after_commit, []
-        for future, result, error in results:
-            self.loop.call_soon_threadsafe(_settle, future, result, error)
+        if results:  # one wake-up of the event loop per batch, not per command
+            self.loop.call_soon_threadsafe(_settle_all, results)
 
     def _write_snapshot(self, tmp_path: str, raft_data) -> None:
         """pysyncobj serializer: [header | pickled raft_data | compacting LMDB copy]."""
@@ -366,6 +366,11 @@ def _remove_snapshot_leftovers(shard_dir: str) -> None:
             os.unlink(path)
         elif name.startswith("tmp") and (name.endswith(".mdb") or os.path.isdir(path)):
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def _settle_all(results: list) -> None:
+    for future, result, error in results:
+        _settle(future, result, error)
 
 
 def _settle(future: asyncio.Future, result, error) -> None:
