@@ -4,9 +4,12 @@
 coda.storage, the gRPC API in coda.api, supervisors in coda.supervisor.
 """
 
-from coda import errors
+from coda import context, errors
 from coda.client.client import Client, SyncClient, WorkflowHandle
+from coda.client.sdk import RetryPolicy, task, workflow
+from coda.client.workflow_runtime import NonDeterminismError, TaskFailedError
 from coda.errors import CodaError
 
-__all__ = ["Client", "CodaError", "SyncClient", "WorkflowHandle", "errors"]
+__all__ = ["Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
+           "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "workflow"]
 __version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""`coda.context`: what workflow code calls. Every call is deterministic on replay.
+
+    data = await coda.context.spawn_task(normalize_event, args={...}, cache_key=[event_id])
+    results = await coda.context.await_all([coda.context.spawn_task(send, args={"org": o})
+                                            for o in orgs])
+    coda.context.now(), coda.context.random(), coda.context.uuid4()
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+from coda.client import sdk
+from coda.client.workflow_runtime import CodaFuture, all_of, current_run
+from coda.errors import InvalidArgument
+from coda.flow import validate
+
+__all__ = ["spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id"]
+
+
+def spawn_task(fn_or_name, args: dict | None = None, *, cache_key=None) -> CodaFuture:
+    """Schedule a task (a @coda.task function or a task name); await the result.
+
+    With `cache_key`, the task is identified by its name and that key: a replay, or a
+    retried attempt of the workflow, gets the recorded result instead of running it again.
+    """
+    definition = sdk.definition_of(fn_or_name)
+    if isinstance(definition, sdk.TaskDefinition):
+        name, options = definition.name, {
+            "retry": definition.retry.to_wire(),
+            "start_to_close_timeout_s": definition.start_to_close_timeout_s,
+            "schedule_to_start_timeout_s": definition.schedule_to_start_timeout_s,
+            "heartbeat_timeout_s": definition.heartbeat_timeout_s}
+    elif isinstance(fn_or_name, str):
+        name, options = validate.type_name(fn_or_name, "task name"), {}
+    else:
+        raise InvalidArgument(f"spawn_task takes a @coda.task function or a task name, got "
+                              f"{fn_or_name!r}", field="task")
+    if args is not None and not isinstance(args, dict):
+        raise InvalidArgument(f"task args must be a dict of keyword arguments, got "
+                              f"{type(args).__name__}", field="args")
+    return current_run().spawn_task(name, args or {}, cache_key, options)
+
+
+def await_all(futures) -> CodaFuture:
+    """Await several spawned tasks; their results in order (the first failure raises)."""
+    return all_of(futures)
+
+
+gather = await_all
+
+
+def now() -> datetime.datetime:
+    """The workflow's clock: the time of the latest history event it has seen (UTC)."""
+    return current_run().now()
+
+
+def random() -> float:
+    """A random float in [0, 1), the same on every replay of this run."""
+    return current_run().random()
+
+
+def uuid4() -> uuid.UUID:
+    """A UUID, the same on every replay of this run."""
+    return current_run().uuid4()
+
+
+def workflow_id() -> str:
+    return current_run().info.workflow_id

@@ -1,0 +1,299 @@
+"""Runs workflow code deterministically from its history (the worker side of replay).
+
+A workflow is an `async def`. We do not run it on asyncio: `WorkflowRun` drives the
+coroutine by hand, one `send()` at a time, and the only things it may await are Coda's
+own futures (from `coda.context`). So a run is a pure function of its history: given the
+same events it makes the same calls in the same order and emits the same commands.
+
+    run = WorkflowRun(definition, args, info)
+    commands = run.advance(events)   # the whole history (replay) or the events since the
+                                     # last call (a cached, "sticky" run); returns the new
+                                     # commands: ScheduleTask, CompleteWorkflow, FailWorkflow
+
+Task keys: a task spawned with `cache_key` is keyed by its name and that key, otherwise by
+its position among the run's spawns. A key whose result is in the history resolves at once
+from it, so completed tasks never run again — also in a retried attempt of the workflow,
+which replays the same history. The n-th spawn must match the n-th TaskScheduled event of
+the history; if not, `NonDeterminismError` names both sides (and the workflow task fails,
+not the workflow: fix the code and the run continues).
+
+History events (dicts): TaskScheduled {key, task}, TaskCompleted {key, result},
+TaskFailed {key, error: {type, message}}, and any event's `time_ms` advances now().
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import hashlib
+import random as _random
+import uuid as _uuid
+from dataclasses import dataclass
+
+from coda.errors import CodaError, InvalidArgument
+from coda.storage import codec
+
+ASYNCIO_HINT = ("workflows run on Coda's deterministic loop and may only await coda.context "
+                "operations (spawn_task, await_all, ...), which replay the same way every time")
+
+_current: contextvars.ContextVar["WorkflowRun"] = contextvars.ContextVar("coda_workflow_run")
+
+
+class NonDeterminismError(CodaError):
+    """Replaying a history took a different path than the run that recorded it."""
+    code = "NON_DETERMINISM"
+
+
+class TaskFailedError(CodaError):
+    """A task failed for good (its retries, if any, are exhausted)."""
+    code = "TASK_FAILED"
+
+    @property
+    def error_type(self) -> str:
+        return self.details.get("error_type", "")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    workflow_id: str
+    run_id: str
+    start_time_ms: int
+    attempt: int = 1
+
+
+class CodaFuture:
+    """The result of a spawned task; await it inside a workflow."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self._done = False
+        self._result = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value) -> None:
+        if not self._done:
+            self._done, self._result = True, value
+
+    def set_error(self, error: BaseException) -> None:
+        if not self._done:
+            self._done, self._error = True, error
+
+    def result(self):
+        assert self._done
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def __await__(self):
+        while not self._done:
+            yield self  # tells WorkflowRun the coroutine is blocked
+        return self.result()
+
+
+class _AllOf(CodaFuture):
+    """Done when every part is done, or as soon as one fails (the earliest spawned wins)."""
+
+    def __init__(self, parts: list[CodaFuture]):
+        super().__init__(f"await_all of {len(parts)}")
+        self.parts = parts
+
+    def refresh(self) -> None:
+        failed = [p for p in self.parts if p.done() and p._error is not None]
+        if failed:
+            self.set_error(failed[0]._error)
+        elif all(p.done() for p in self.parts):
+            self.set_result([p.result() for p in self.parts])
+
+    def __await__(self):
+        self.refresh()
+        while not self._done:
+            yield self
+            self.refresh()
+        return self.result()
+
+
+class WorkflowRun:
+    def __init__(self, definition, args: dict, info: RunInfo):
+        self.definition = definition
+        self.info = info
+        self.now_ms = info.start_time_ms
+        seed = hashlib.blake2b(f"{info.workflow_id}/{info.run_id}".encode(), digest_size=8)
+        self.rng = _random.Random(int.from_bytes(seed.digest(), "big"))
+        self._args = args
+        self._coro = None
+        self._spawns: list[tuple[str, str]] = []   # (key, task name) in call order
+        self._futures: dict[str, CodaFuture] = {}
+        self._scheduled: list[tuple[str, str]] = []  # from history, in order
+        self._results: dict[str, tuple[bool, object]] = {}  # key -> (ok, result or error)
+        self._pending_commands: list[dict] = []
+        self._waiting_on: CodaFuture | None = None
+        self._violation: NonDeterminismError | None = None
+        self.finished = False
+
+    # --- driving ---------------------------------------------------------------------------
+    def advance(self, events: list[dict]) -> list[dict]:
+        """Feed new history events, run the workflow as far as it can go, return commands."""
+        for event in events:
+            self._absorb(event)
+        if self.finished:
+            return []
+        if self._coro is None:
+            self._coro = self.definition.fn(**self._args)
+        self._resolve_known()
+        token = _current.set(self)
+        try:
+            return self._run_until_blocked()
+        finally:
+            _current.reset(token)
+
+    def _absorb(self, event: dict) -> None:
+        self.now_ms = max(self.now_ms, int(event.get("time_ms") or 0))
+        kind = event.get("type")
+        if kind == "TaskScheduled":
+            self._scheduled.append((event["key"], event["task"]))
+        elif kind == "TaskCompleted":
+            self._results[event["key"]] = (True, event.get("result"))
+        elif kind == "TaskFailed":
+            error = event.get("error") or {}
+            self._results[event["key"]] = (False, TaskFailedError(
+                f"task {event['key']} failed: {error.get('message', '')}",
+                error_type=error.get("type", ""), key=event["key"]))
+
+    def _resolve_known(self) -> None:
+        for key, future in self._futures.items():
+            if key in self._results and not future.done():
+                ok, value = self._results[key]
+                future.set_result(value) if ok else future.set_error(value)
+
+    def _run_until_blocked(self) -> list[dict]:
+        while True:
+            if self._waiting_on is not None:
+                if isinstance(self._waiting_on, _AllOf):
+                    self._waiting_on.refresh()
+                if not self._waiting_on.done():
+                    return self._take_commands()
+            try:
+                yielded = self._coro.send(None)
+            except StopIteration as stop:
+                self._raise_violation()
+                self._check_history_consumed()
+                return self._finish({"type": "CompleteWorkflow", "result": stop.value})
+            except Exception as exc:
+                self._raise_violation()
+                message = str(exc)
+                if isinstance(exc, RuntimeError) and "event loop" in message:
+                    message = (f"{message}: workflow {self.definition.name} used asyncio, but "
+                               f"{ASYNCIO_HINT}")
+                return self._finish({"type": "FailWorkflow", "error": {
+                    "type": type(exc).__name__, "message": message}})
+            self._raise_violation()  # even if the workflow caught it
+            if not isinstance(yielded, CodaFuture):
+                self._coro.close()
+                return self._finish({"type": "FailWorkflow", "error": {
+                    "type": "InvalidArgument", "message":
+                    f"workflow {self.definition.name} awaited {yielded!r}; {ASYNCIO_HINT}"}})
+            self._waiting_on = yielded
+
+    def _raise_violation(self) -> None:
+        if self._violation is not None:
+            self.finished = True
+            if self._coro.cr_frame is not None:
+                self._coro.close()
+            raise self._violation
+
+    def _check_history_consumed(self) -> None:
+        if len(self._spawns) < len(self._scheduled):
+            position = len(self._spawns)
+            recorded_key, recorded_task = self._scheduled[position]
+            self._violation = NonDeterminismError(
+                f"workflow {self.definition.name} ({self.info.workflow_id}) finished after "
+                f"{position} spawns, but the history recorded task {recorded_task!r} with key "
+                f"{recorded_key!r} as spawn #{position}. Check that your workflow is "
+                "deterministic.", position=position, history=[recorded_task, recorded_key],
+                replay=None)
+            self._raise_violation()
+
+    def _finish(self, command: dict) -> list[dict]:
+        self.finished = True
+        self._pending_commands.append(command)
+        return self._take_commands()
+
+    def _take_commands(self) -> list[dict]:
+        commands, self._pending_commands = self._pending_commands, []
+        return commands
+
+    # --- what coda.context calls -------------------------------------------------------------
+    def spawn_task(self, task_name: str, args: dict, cache_key, options: dict) -> CodaFuture:
+        position = len(self._spawns)
+        key = task_key(task_name, cache_key, position)
+        if key in self._futures:
+            # The same cache_key twice in one run: one task, one result.
+            self._spawns.append((key, task_name))
+            return self._futures[key]
+        self._check_matches_history(position, key, task_name)
+        self._spawns.append((key, task_name))
+        future = CodaFuture(f"task {task_name} ({key})")
+        self._futures[key] = future
+        if key in self._results:
+            ok, value = self._results[key]
+            future.set_result(value) if ok else future.set_error(value)
+        elif position >= len(self._scheduled):
+            self._pending_commands.append({
+                "type": "ScheduleTask", "key": key, "task": task_name,
+                "args": codec.pack(args), "options": options,
+                "idempotency_key": self.idempotency_key(key)})
+        return future
+
+    def _check_matches_history(self, position: int, key: str, task_name: str) -> None:
+        if position < len(self._scheduled):
+            recorded_key, recorded_task = self._scheduled[position]
+            if (recorded_key, recorded_task) != (key, task_name):
+                self._violation = NonDeterminismError(
+                    f"workflow {self.definition.name} ({self.info.workflow_id}): spawn #{position} "
+                    f"is task {task_name!r} with key {key!r}, but the history recorded task "
+                    f"{recorded_task!r} with key {recorded_key!r} at that position. Check that "
+                    "your workflow is deterministic.", position=position,
+                    history=[recorded_task, recorded_key], replay=[task_name, key])
+                raise self._violation
+
+    def idempotency_key(self, key: str) -> str:
+        """Stable across retries and replays of this workflow: hand it to external services."""
+        return f"{self.info.workflow_id}/{key}"
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.now_ms / 1000, datetime.timezone.utc)
+
+    def random(self) -> float:
+        return self.rng.random()
+
+    def uuid4(self) -> _uuid.UUID:
+        return _uuid.UUID(int=self.rng.getrandbits(128), version=4)
+
+
+def task_key(task_name: str, cache_key, position: int) -> str:
+    if cache_key is None:
+        return f"#{position}"
+    try:
+        encoded = codec.pack(list(cache_key) if isinstance(cache_key, (list, tuple)) else [cache_key])
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"cache_key of task {task_name!r} must be msgpack-encodable: {exc}",
+                              field="cache_key") from None
+    return f"{task_name}:{hashlib.blake2b(encoded, digest_size=12).hexdigest()}"
+
+
+def current_run() -> WorkflowRun:
+    run = _current.get(None)
+    if run is None:
+        raise InvalidArgument("coda.context is only usable inside a running workflow")
+    return run
+
+
+def all_of(futures) -> CodaFuture:
+    parts = list(futures)
+    for part in parts:
+        if not isinstance(part, CodaFuture):
+            raise InvalidArgument(f"await_all takes the futures of spawn_task, got {part!r}")
+    return _AllOf(parts)

@@ -1,0 +1,21 @@
+"""The public surface of `import coda` is pinned (Trio's test_exports): adding or removing
+a name is a decision, made here on purpose."""
+
+import coda
+import coda.context
+
+PUBLIC = {"Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
+          "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "workflow"}
+CONTEXT = {"spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id"}
+
+
+def test_coda_exports_exactly_the_public_names():
+    assert set(coda.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert getattr(coda, name) is not None
+
+
+def test_coda_context_exports_exactly_the_workflow_api():
+    assert set(coda.context.__all__) == CONTEXT
+    for name in CONTEXT:
+        assert callable(getattr(coda.context, name))
