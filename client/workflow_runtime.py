@@ -120,7 +120,11 @@ class WorkflowRun:
         self.definition = definition
         self.info = info
         self.now_ms = info.start_time_ms
-        seed = hashlib.blake2b(f"{info.workflow_id}/{info.run_id}".encode(), digest_size=8)
+        # The attempt is part of the seed: a retried attempt replays the same history but
+        # may draw other numbers after the point where the last one failed (the seed's
+        # "random 1/0"); within an attempt every replay draws the same.
+        seed = hashlib.blake2b(f"{info.workflow_id}/{info.run_id}/{info.attempt}".encode(),
+                               digest_size=8)
         self.rng = _random.Random(int.from_bytes(seed.digest(), "big"))
         self._args = args
         self._coro = None

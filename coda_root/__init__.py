@@ -4,12 +4,13 @@
 coda.storage, the gRPC API in coda.api, supervisors in coda.supervisor.
 """
 
-from coda import context, errors
+from coda import context, errors, testing
 from coda.client.client import Client, SyncClient, WorkflowHandle
 from coda.client.sdk import RetryPolicy, task, workflow
 from coda.client.workflow_runtime import NonDeterminismError, TaskFailedError
 from coda.errors import CodaError
 
 __all__ = ["Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
-           "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "workflow"]
+           "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "testing",
+           "workflow"]
 __version__ = "0.1.0"

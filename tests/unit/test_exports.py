@@ -5,7 +5,7 @@ import coda
 import coda.context
 
 PUBLIC = {"Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
-          "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "workflow"}
+          "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "testing", "workflow"}
 CONTEXT = {"spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id"}
 
 

@@ -1,0 +1,105 @@
+"""`coda.testing`: run a workflow in-process, without a cluster, for unit tests.
+
+`run_locally` drives a workflow with the same deterministic runtime workers use
+(`WorkflowRun`), runs its tasks in this process (sync or async; task retries under each
+task's RetryPolicy, backoff not slept), and retries the workflow by replaying its history
+under the workflow's RetryPolicy — so a test sees exactly which tasks ran how often.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import sys
+from dataclasses import dataclass, field
+
+from coda.client import sdk
+from coda.client.workflow_runtime import RunInfo, WorkflowRun
+from coda.errors import CodaError, InvalidArgument
+from coda.storage import codec
+
+ATTEMPTS_MAX = 100  # a workflow retried more often than this in a test is a bug
+
+
+class WorkflowFailedError(CodaError):
+    """The workflow failed for good (its retry policy is exhausted)."""
+    code = "WORKFLOW_FAILED"
+
+
+@dataclass
+class LocalRun:
+    result: object
+    attempts: int
+    history: list[dict]
+    task_runs: collections.Counter = field(default_factory=collections.Counter)
+
+
+def _task_registry(workflow_fn, tasks) -> dict[str, sdk.TaskDefinition]:
+    candidates = tasks if tasks is not None else vars(sys.modules[workflow_fn.__module__]).values()
+    registry = {}
+    for candidate in candidates:
+        definition = sdk.definition_of(candidate)
+        if isinstance(definition, sdk.TaskDefinition):
+            registry[definition.name] = definition
+    return registry
+
+
+async def _run_task(definition: sdk.TaskDefinition, args: dict, runs: collections.Counter) -> dict:
+    """Run a task until it succeeds or its retry policy gives up; returns the final event."""
+    attempt = 0
+    while True:
+        attempt += 1
+        runs[definition.name] += 1
+        try:
+            value = definition.fn(**args)
+            if inspect.isawaitable(value):
+                value = await value
+            return {"type": "TaskCompleted", "result": value}
+        except Exception as exc:
+            if not definition.retry.retries_after(attempt, type(exc).__name__):
+                return {"type": "TaskFailed",
+                        "error": {"type": type(exc).__name__, "message": str(exc)}}
+            if attempt >= ATTEMPTS_MAX:
+                raise
+
+
+async def run_locally(workflow_fn, args: dict | None = None, *, tasks=None,
+                      workflow_id: str = "local-workflow", start_time_ms: int = 0) -> LocalRun:
+    """Run `workflow_fn` to completion in this process; raises WorkflowFailedError."""
+    definition = sdk.definition_of(workflow_fn)
+    if not isinstance(definition, sdk.WorkflowDefinition):
+        raise InvalidArgument(f"{workflow_fn!r} is not a @coda.workflow function")
+    registry = _task_registry(workflow_fn, tasks)
+    history: list[dict] = []
+    runs: collections.Counter = collections.Counter()
+    for attempt in range(1, ATTEMPTS_MAX + 1):
+        run = WorkflowRun(definition, dict(args or {}),
+                          RunInfo(workflow_id, "local-run", start_time_ms, attempt))
+        commands = run.advance(history)
+        while True:
+            final = [c for c in commands if c["type"] in ("CompleteWorkflow", "FailWorkflow")]
+            new_events = []
+            for command in commands:
+                if command["type"] == "ScheduleTask":
+                    new_events += await _schedule(command, registry, runs)
+            history += new_events
+            if final or not new_events:
+                break
+            commands = run.advance(new_events)
+        if final and final[0]["type"] == "CompleteWorkflow":
+            return LocalRun(final[0]["result"], attempt, history, runs)
+        error = final[0]["error"] if final else {"type": "Stuck", "message": "no progress"}
+        if not final or not definition.retry.retries_after(attempt, error["type"]):
+            raise WorkflowFailedError(f"workflow {definition.name} failed on attempt {attempt}: "
+                                      f"{error['type']}: {error['message']}", attempts=attempt)
+    raise WorkflowFailedError(f"workflow {definition.name} still failing after {ATTEMPTS_MAX} attempts")
+
+
+async def _schedule(command: dict, registry: dict, runs: collections.Counter) -> list[dict]:
+    name = command["task"]
+    if name not in registry:
+        raise InvalidArgument(f"task {name!r} is not defined (known: {sorted(registry)}); pass "
+                              "tasks=[...] to run_locally", field="task")
+    scheduled = {"type": "TaskScheduled", "key": command["key"], "task": name}
+    outcome = await _run_task(registry[name], codec.unpack(command["args"]), runs)
+    return [scheduled, dict(outcome, key=command["key"])]
