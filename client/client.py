@@ -243,6 +243,12 @@ class SyncClient:
     def list_workflows(self, **kwargs):
         return self._run(self._client.list_workflows(**kwargs))
 
+    def list_all(self, **filters) -> list[dict]:
+        """Every matching workflow, following page tokens to the end."""
+        async def collect():
+            return [w async for w in self._client.iter_workflows(**filters)]
+        return self._run(collect())
+
     def cluster_status(self) -> dict:
         return self._run(self._client.cluster_status())
 

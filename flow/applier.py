@@ -33,7 +33,6 @@ class Applier:
         self.applied_index = store.applied_index()
         self._batch: WriteBatch | None = None
         self._batch_started_s = 0.0
-        self.last_batch_entries = 0
         self.last_batch_duration_s = 0.0
 
     def apply(self, index: int, data) -> dict:
@@ -61,12 +60,12 @@ class Applier:
             return {"error": Internal(f"apply of entry {index} failed: {exc!r}").to_wire()}
 
     def commit(self) -> int:
-        """Commit the open batch, if any; returns how many entries it held."""
+        """Commit the open batch, if any; returns how many commands it applied (errors,
+        rolled back, not counted)."""
         if self._batch is None:
             return 0
         batch, self._batch = self._batch, None
         batch.commit(self.applied_index)
-        self.last_batch_entries = batch.entries
         self.last_batch_duration_s = time.perf_counter() - self._batch_started_s
         return batch.entries
 

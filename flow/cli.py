@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 
 import click
 
@@ -58,15 +57,7 @@ def serve(config_path, node_id, data_dir, shards, secret_file, nodes, log_level)
     """Run one node of a Flow cluster."""
     _setup_logging(log_level)
     try:
-        raw: dict = {}
-        if config_path:
-            try:
-                with open(config_path, "rb") as f:
-                    raw = tomllib.load(f)
-            except FileNotFoundError:
-                raise ConfigError(f"config file {config_path} does not exist") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
+        raw = config_mod.read_toml(config_path) if config_path else {}
         overrides = {"node_id": node_id, "data_dir": data_dir, "shards": shards,
                      "secret_file": secret_file}
         raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -90,8 +81,7 @@ def _dev_cluster(data_dir: str, shards: int | None, host: str, base_port: int) -
     os.makedirs(data_dir, exist_ok=True)
     identity_path = os.path.join(data_dir, "cluster.toml")
     if os.path.exists(identity_path):
-        with open(identity_path, "rb") as f:
-            identity = tomllib.load(f)
+        identity = config_mod.read_toml(identity_path)
         if shards is not None and shards != identity["shards"]:
             raise ConfigError(f"{data_dir} holds a cluster created with {identity['shards']} "
                               f"shards; the shard count can't change (asked for {shards})")
@@ -170,8 +160,7 @@ def dev(data_dir, shards, host, base_port, log_level) -> None:
         paths = _dev_cluster(os.path.abspath(data_dir), shards, host, base_port)
     except CodaError as exc:
         raise click.UsageError(exc.message) from None
-    with open(paths[0], "rb") as f:
-        cfg = config_mod.from_mapping(tomllib.load(f))
+    cfg = config_mod.from_mapping(config_mod.read_toml(paths[0]))
     procs = []
     stopping = False
 

@@ -23,7 +23,6 @@ Config file: TOML, e.g.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -193,16 +192,15 @@ def _validate_timing(t: RaftTiming) -> None:
                           field="raft.log_compaction_min_entries")
 
 
-def load_toml(path: str, **overrides) -> NodeConfig:
+def read_toml(path: str) -> dict:
+    """A config file's settings; a missing or malformed file is a ConfigError."""
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", field="config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}", field="config") from None
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return from_mapping(raw, origin=path)
 
 
 def from_mapping(raw: dict, origin: str = "config") -> NodeConfig:
@@ -245,10 +243,3 @@ def to_mapping(cfg: NodeConfig) -> dict:
         "nodes": [dataclasses.asdict(n) for n in cfg.nodes],
         "raft": dataclasses.asdict(cfg.raft),
     }
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

@@ -47,20 +47,22 @@ def decode_token(token: bytes, fingerprint: str) -> str:
     return after
 
 
-def merge(shard_pages: list[dict], page_size: int) -> tuple[list[dict], str | None]:
+def merge(shard_pages: list[dict], page_size: int,
+          key=lambda item: item["workflow_id"]) -> tuple[list, str | None]:
     """Merge per-shard pages ({items, resume_after, exhausted}); returns (items, next_after).
 
-    next_after is None when every shard is exhausted and all matches were emitted.
+    `key` gives an item's workflow id. next_after is None when every shard is exhausted
+    and all matches were emitted.
     """
     bounds = [p["resume_after"] for p in shard_pages if not p["exhausted"]]
-    bound = min(bounds) if bounds else None
+    bound = min(bounds, key=str.encode) if bounds else None
     items = sorted((item for p in shard_pages for item in p["items"]),
-                   key=lambda r: r["workflow_id"].encode())
+                   key=lambda item: key(item).encode())
     if bound is not None:
-        items = [r for r in items if r["workflow_id"].encode() <= bound.encode()]
+        items = [item for item in items if key(item).encode() <= bound.encode()]
     if len(items) > page_size:
         items = items[:page_size]
-        return items, items[-1]["workflow_id"]
+        return items, key(items[-1])
     if bound is None:
         return items, None
     return items, bound

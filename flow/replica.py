@@ -349,7 +349,8 @@ class ShardReplica(DurableSyncObj):
         try:
             with self.store.read() as txn:
                 return queries.queue_depths(txn)
-        except Exception:
+        except Exception:  # a scrape must not fail because one store can't be read now
+            log.warning("shard %d: can't read queue depths", self.shard, exc_info=True)
             return {}
 
     def close(self) -> None:

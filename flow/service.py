@@ -270,9 +270,10 @@ class FlowService(pb_grpc.FlowServicer):
         pages = await asyncio.gather(*(
             list_shard(self.router, shard, context, shard_request)
             for shard in range(self.cfg.shards)))
-        items, next_after = listing.merge(list(pages), page_size)
+        items, next_after = listing.merge(list(pages), page_size,
+                                          key=lambda info: info.workflow_id)
         return pb.ListWorkflowsResponse(
-            workflows=[workflow_info(r, self.router.shard_of(r["workflow_id"])) for r in items],
+            workflows=items,
             next_page_token=listing.encode_token(next_after, fingerprint) if next_after else b"")
 
     @rpc
@@ -310,29 +311,21 @@ class FlowService(pb_grpc.FlowServicer):
 
 
 async def list_shard(router: Router, shard: int, context, req: dict) -> dict:
+    """One shard's page from its leader: {items: [WorkflowInfo], resume_after, exhausted}."""
     async def local(replica):
-        return await replica.read(lambda txn: queries.list_page(
+        page = await replica.read(lambda txn: queries.list_page(
             txn, after=req["after"], statuses=req["statuses"], types=req["workflow_types"],
             page_size=req["page_size"]))
+        return dict(page, items=[workflow_info(r, shard) for r in page["items"]])
 
     async def remote(address):
         answer = await router.peer_stub(address).ListShard(
             pb.ListShardRequest(shard=shard, **req), metadata=forward_metadata(),
             timeout=FORWARD_TIMEOUT_S)
-        return {"items": [_record_from_info(w) for w in answer.workflows],
-                "resume_after": answer.resume_after or None, "exhausted": answer.exhausted}
+        return {"items": list(answer.workflows), "resume_after": answer.resume_after or None,
+                "exhausted": answer.exhausted}
 
     return await router.on_leader(shard, context, local, remote)
-
-
-def _record_from_info(info: pb.WorkflowInfo) -> dict:
-    return {"workflow_id": info.workflow_id, "run_id": info.run_id,
-            "workflow_type": info.workflow_type, "status": info.status,
-            "start_time_ms": info.start_time_ms, "close_time_ms": info.close_time_ms or None,
-            "attempt": info.attempt, "history_length": info.history_length,
-            "result": bytes(info.result) or None,
-            "failure": {"message": info.failure} if info.failure else None,
-            "queue": info.queued_on, "queue_seq": 0 if info.queued_on else None}
 
 
 def local_status(cfg: NodeConfig, replicas: list[ShardReplica]) -> list:
@@ -369,5 +362,5 @@ class PeerService(pb_grpc.PeerServicer):
                    page_size=min(request.page_size or 1, limits.list_page_size_max))
         page = await list_shard(self.router, request.shard, context, req)
         return pb.ListShardResponse(
-            workflows=[workflow_info(r, request.shard) for r in page["items"]],
+            workflows=page["items"],
             resume_after=page["resume_after"] or "", exhausted=page["exhausted"])

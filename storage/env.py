@@ -183,11 +183,6 @@ class ShardStore:
                     h.update(len(value).to_bytes(4, "big") + value)
         return h.hexdigest()
 
-    def count(self, db: str) -> int:
-        with self._lock.shared():
-            with self._env.begin() as txn:
-                return txn.stat(self._dbs[db])["entries"]
-
 
 class WriteBatch:
     """One LMDB write transaction spanning several applied commands.

@@ -214,13 +214,8 @@ def missing_or_changed(cluster: Cluster, acked: dict[str, str]) -> list[str]:
 
 
 def listed_ids(cluster: Cluster) -> list[str]:
-    seen, token = [], b""
     with cluster.client(timeout_s=30.0) as c:
-        while True:
-            page, token = c.list_workflows(page_size=100, page_token=token)
-            seen += [w["workflow_id"] for w in page]
-            if not token:
-                return seen
+        return [w["workflow_id"] for w in c.list_all(page_size=100)]
 
 
 def restart_and_verify(cluster: LazyCluster, acked: dict[str, str], unacked: set[str],

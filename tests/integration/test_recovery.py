@@ -120,12 +120,7 @@ def test_all_nodes_kill9_at_once_recover(make_cluster):
         check_acked(cluster, {w: acked[w] for w in after}, via=i)
     check_acked(cluster, acked)
     with cluster.client() as c:
-        listed, token = [], b""
-        while True:
-            page, token = c.list_workflows(page_size=1000, page_token=token)
-            listed += [w["workflow_id"] for w in page]
-            if not token:
-                break
+        listed = [w["workflow_id"] for w in c.list_all(page_size=1000)]
     assert set(acked) <= set(listed) <= set(acked) | stream.unknown
     status = cluster.wait_converged(timeout_s=90)
     cluster.assert_alive()
