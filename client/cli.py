@@ -1,16 +1,25 @@
-"""`coda`: the client CLI. Every command takes --address (or CODA_ADDRESS) and --json."""
+"""`coda`: the client CLI. Every command takes --address (or CODA_ADDRESS) and --json.
+
+Errors print `error: CODE: message` on stderr and exit 1 (2 for usage errors). Payloads
+(results, and the bytes fields of history events: input, result, args, ...) are shown
+decoded from msgpack; bytes that are not valid msgpack, and bytes inside a decoded
+payload, are shown as {"base64": "..."}.
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
+import os
 import sys
 
 import click
 
-from coda.client.client import SyncClient
+from coda.client.client import SyncClient, parse_addresses, workflow_result
 from coda.errors import CodaError
 from coda.flow import model
+from coda.storage import codec
 
 
 class Ctx:
@@ -42,6 +51,51 @@ def _run(fn):
     except CodaError as exc:
         click.echo(f"error: {exc.code}: {exc.message}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C during a long wait: no traceback
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+def json_flag(command):
+    """`--json` after the command too (`coda workflow history ID --json`)."""
+    return click.option("--json", "local_json", is_flag=True,
+                        help="Machine-readable output (same as coda --json).")(command)
+
+
+def _use_json(ctx: Ctx, local_json: bool) -> None:
+    ctx.as_json = ctx.as_json or local_json
+
+
+def plain(value):
+    """A decoded payload as JSON-ready values: bytes become {"base64": ...}."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # e.g. a msgpack ExtType
+
+
+def event_to_json(value):
+    """A history event (or part of one) as JSON-ready values. Its bytes are msgpack
+    payloads: shown decoded, or as {"base64": ...} when they are not valid msgpack."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return plain(codec.unpack(bytes(value)))
+        except Exception:  # not msgpack (msgpack raises several unrelated types)
+            return plain(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): event_to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [event_to_json(v) for v in value]
+    return plain(value)
+
+
+def _compact(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _time(ms) -> str:
@@ -91,7 +145,7 @@ def cluster_status(ctx: Ctx) -> None:
 
 @main.group()
 def workflow() -> None:
-    """Start, describe and list workflows."""
+    """Start, wait for, inspect, cancel and list workflows."""
 
 
 @workflow.command("start")
@@ -102,20 +156,42 @@ def workflow() -> None:
 @click.option("--reuse-policy", type=click.Choice(model.REUSE_POLICIES),
               default=model.ALLOW_DUPLICATE, show_default=True)
 @click.option("--request-id", help="Idempotency key; repeat it to retry safely.")
+@click.option("--execution-timeout", "execution_timeout_s",
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds; past them the run closes TIMED_OUT (default: none).")
+@click.option("--wait", is_flag=True, help="Wait for the run to close and print its result "
+              "(exit 1 with its failure if it does not complete).")
+@json_flag
 @click.pass_obj
-def workflow_start(ctx: Ctx, workflow_type, workflow_id, args_json, reuse_policy, request_id):
+def workflow_start(ctx: Ctx, workflow_type, workflow_id, args_json, reuse_policy, request_id,
+                   execution_timeout_s, wait, local_json):
     """Start a workflow (it stays queued until a supervisor runs its type)."""
+    _use_json(ctx, local_json)
     try:
         args = json.loads(args_json)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from None
+    if not isinstance(args, dict):
+        raise click.BadParameter("must be a JSON object of the workflow's keyword arguments, "
+                                 f"got {type(args).__name__}", param_hint="--args")
     with ctx.client() as client:
         handle = _run(lambda: client.start_workflow(
             workflow_type, args, workflow_id=workflow_id, reuse_policy=reuse_policy,
-            request_id=request_id))
-    data = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "started": handle.started}
-    _emit(ctx, data, lambda d: click.echo(
-        f"started {d['workflow_id']} run {d['run_id']}" + ('' if d['started'] else ' (an earlier call with this request id started it)')))
+            request_id=request_id, execution_timeout=execution_timeout_s))
+        data = {"workflow_id": handle.workflow_id, "run_id": handle.run_id,
+                "started": handle.started}
+        if not wait:
+            _emit(ctx, data, _echo_started)
+            return
+        if not ctx.as_json:
+            _echo_started(data)  # now: the run id is worth knowing during a long wait
+        data["result"] = plain(_run(lambda: workflow_result(handle.wait_closed())))
+    _emit(ctx, data, lambda d: click.echo(_compact(d["result"])))
+
+
+def _echo_started(data: dict) -> None:
+    click.echo(f"started {data['workflow_id']} run {data['run_id']}" + (
+        "" if data["started"] else " (an earlier call with this request id started it)"))
 
 
 @workflow.command("describe")
@@ -132,7 +208,80 @@ def workflow_describe(ctx: Ctx, workflow_id, run_id):
         click.echo(f"{'closed':15s} {_time(w['close_time_ms'])}")
 
     with ctx.client() as client:
-        _emit(ctx, _run(lambda: client.describe_workflow(workflow_id, run_id)), human)
+        _emit(ctx, plain(_run(lambda: client.describe_workflow(workflow_id, run_id))), human)
+
+
+@workflow.command("cancel")
+@click.argument("workflow_id")
+@click.option("--run-id", default=None, help="Default: the current run.")
+@click.option("--reason", default="", help="Recorded in the run's history.")
+@json_flag
+@click.pass_obj
+def workflow_cancel(ctx: Ctx, workflow_id, run_id, reason, local_json):
+    """Ask a run to cancel: it sees CancelledError at its current await and may clean up."""
+    _use_json(ctx, local_json)
+    with ctx.client() as client:
+        cancelled = _run(lambda: client.cancel_workflow(workflow_id, run_id, reason=reason))
+    _emit(ctx, {"workflow_id": workflow_id, "run_id": cancelled}, lambda d: click.echo(
+        f"cancel requested for {d['workflow_id']} run {d['run_id']}"))
+
+
+@workflow.command("terminate")
+@click.argument("workflow_id")
+@click.option("--run-id", default=None, help="Default: the current run.")
+@click.option("--reason", default="", help="Recorded in the run's history.")
+@json_flag
+@click.pass_obj
+def workflow_terminate(ctx: Ctx, workflow_id, run_id, reason, local_json):
+    """Close a run TERMINATED at once; no workflow code runs."""
+    _use_json(ctx, local_json)
+    with ctx.client() as client:
+        terminated = _run(lambda: client.terminate_workflow(workflow_id, run_id, reason=reason))
+    _emit(ctx, {"workflow_id": workflow_id, "run_id": terminated}, lambda d: click.echo(
+        f"terminated {d['workflow_id']} run {d['run_id']}"))
+
+
+@workflow.command("history")
+@click.argument("workflow_id")
+@click.option("--run-id", default=None, help="Default: the current run.")
+@json_flag
+@click.pass_obj
+def workflow_history(ctx: Ctx, workflow_id, run_id, local_json):
+    """A run's events in order. With --json: a JSON list of the events; payload bytes are
+    decoded from msgpack, or shown as {"base64": ...} when they are not msgpack."""
+    _use_json(ctx, local_json)
+    with ctx.client() as client:
+        events = _run(lambda: client.workflow_history(workflow_id, run_id))
+    _emit(ctx, [event_to_json(e) for e in events], _echo_events)
+
+
+def _echo_events(events: list[dict]) -> None:
+    for event in events:
+        rest = " ".join(f"{k}={_compact(v)}" for k, v in event.items()
+                        if k not in ("event_id", "type", "time_ms"))
+        click.echo(f"{event.get('event_id', '-'):>5} {_time(event.get('time_ms'))} "
+                   f"{event.get('type', '-'):28s} {rest}".rstrip())
+
+
+@workflow.command("result")
+@click.argument("workflow_id")
+@click.option("--run-id", default=None, help="Default: the current run.")
+@click.option("--timeout", "wait_timeout_s", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait for the run to close (default: no limit).")
+@json_flag
+@click.pass_obj
+def workflow_result_command(ctx: Ctx, workflow_id, run_id, wait_timeout_s, local_json):
+    """Wait for a run to close and print its result as JSON. Exit 1 with the failure if
+    it closed otherwise (FAILED, CANCELLED, TERMINATED, TIMED_OUT, ...) or the wait
+    timed out."""
+    _use_json(ctx, local_json)
+    with ctx.client() as client:
+        handle = client.get_workflow_handle(workflow_id, run_id or "")
+        info = _run(lambda: handle.wait_closed(wait_timeout_s))
+        value = plain(_run(lambda: workflow_result(info)))
+    data = {"workflow_id": info["workflow_id"], "run_id": info["run_id"],
+            "status": info["status"], "result": value}
+    _emit(ctx, data, lambda d: click.echo(_compact(d["result"])))
 
 
 @workflow.command("list")
@@ -153,7 +302,7 @@ def workflow_list(ctx: Ctx, statuses, types, page_size, page_token, fetch_all):
             items += page
             if not (fetch_all and token):
                 break
-    data = {"workflows": items, "next_page_token": token.decode() or None}
+    data = {"workflows": plain(items), "next_page_token": token.decode() or None}
 
     def human(d):
         for w in d["workflows"]:
@@ -163,6 +312,42 @@ def workflow_list(ctx: Ctx, statuses, types, page_size, page_token, fetch_all):
             click.echo(f"next page: --page-token {d['next_page_token']}")
 
     _emit(ctx, data, human)
+
+
+@main.group()
+def supervisor() -> None:
+    """Supervisors: run workers for a module's workflows and tasks."""
+
+
+@supervisor.command("run")
+@click.argument("module")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: the number of CPUs).")
+@click.option("--slots", type=click.IntRange(min=1), default=None,
+              help="Items run at once (default: the supervisor's).")
+@click.option("--build-id", default=None, help="Reported to Flow (default: the supervisor's).")
+@click.option("--health-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve health checks on this port (default: none).")
+@click.option("--supervisor-id", default=None, help="Default: generated.")
+@click.pass_obj
+def supervisor_run(ctx: Ctx, module, workers, slots, build_id, health_port, supervisor_id):
+    """Run MODULE's @coda.workflow and @coda.task functions in worker processes, in the
+    foreground, until Ctrl-C or SIGTERM."""
+    if not ctx.address:
+        raise click.UsageError("no Flow address: pass --address HOST:PORT[,...] or set "
+                               "CODA_ADDRESS (coda-flow dev prints it)")
+    try:
+        addresses = parse_addresses(ctx.address)
+    except CodaError as exc:
+        raise click.BadParameter(exc.message, param_hint="--address / CODA_ADDRESS") from None
+    try:  # lazily: the rest of the CLI works without the supervisor package
+        from coda.supervisor.supervisor import run_supervisor
+    except ImportError as exc:
+        raise click.ClickException(f"the supervisor is not available: {exc}") from None
+    code = _run(lambda: run_supervisor(
+        addresses, module, workers=workers or os.cpu_count() or 1, slots=slots,
+        build_id=build_id, health_port=health_port, supervisor_id=supervisor_id))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """The Coda client: `coda.Client` (asyncio) and `SyncClient` (for scripts and the CLI).
 
+`start_workflow` answers a handle (`WorkflowHandle`, or `SyncWorkflowHandle` from a
+SyncClient): `result()` long-polls WaitWorkflow until the run closes and answers its
+result, or raises the coda.errors.WorkflowError subclass of its closing status;
+`cancel()`, `terminate()`, `history()`, `describe()` act on the same run.
+
 Talks gRPC to any Flow node (several addresses may be given, comma-separated; the client
 moves to the next on connection trouble). Retries what is safe to retry until a deadline:
 UNAVAILABLE, NOT_LEADER, RESOURCE_EXHAUSTED, and indeterminate outcomes of requests that
@@ -10,6 +15,7 @@ workflow). What still fails is raised as the CodaError the server sent.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -19,7 +25,9 @@ import grpc
 
 from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
-from coda.errors import CodaError, Indeterminate, InvalidArgument
+from coda import errors
+from coda.client import sdk
+from coda.errors import CodaError, Indeterminate, InvalidArgument, WaitTimeout
 from coda.flow import limits, model
 from coda.flow.sharding import shard_for
 from coda.flow.wire import error_from_rpc
@@ -35,6 +43,23 @@ BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
 SHARD_MAP_TTL_S = 10.0
 SHARD_MAP_TIMEOUT_S = 2.0
+# One WaitWorkflow long poll asks the server to hold the call this long (it may cap it);
+# result() repeats polls until the run closes or the caller's timeout passes.
+WAIT_POLL_MS = 20_000
+# A server that answers RUNNING early (a lower cap) is not polled faster than this.
+WAIT_POLL_INTERVAL_MIN_S = 0.2
+UINT32_MAX = 2**32 - 1
+EXECUTION_TIMEOUT_MS_MAX = 2**63 - 1
+
+# How a run that closed without a result surfaces: the error class and its verb.
+ERROR_BY_STATUS = {
+    model.FAILED: (errors.WorkflowFailedError, "failed"),
+    model.CANCELLED: (errors.WorkflowCancelledError, "was cancelled"),
+    model.TERMINATED: (errors.WorkflowTerminatedError, "was terminated"),
+    model.TIMED_OUT: (errors.WorkflowTimedOutError, "timed out"),
+    model.CONTINUED_AS_NEW: (errors.WorkflowContinuedAsNewError,
+                             "continued as new (its result is the new run's)"),
+}
 
 
 def parse_addresses(address) -> list[str]:
@@ -63,6 +88,105 @@ def workflow_to_dict(info: pb.WorkflowInfo) -> dict:
     }
 
 
+def workflow_result(info: dict):
+    """The result of the closed run that `info` (a describe_workflow dict) describes, or
+    raise the WorkflowError of its closing status (details: workflow_id, run_id, status,
+    failure)."""
+    status, where = info["status"], f"workflow {info['workflow_id']} run {info['run_id']}"
+    if status == model.COMPLETED:
+        return info["result"]
+    if status not in ERROR_BY_STATUS:
+        raise InvalidArgument(f"{where} has status {status!r}, not a closed status: it has "
+                              "no result yet", field="status")
+    error_class, verb = ERROR_BY_STATUS[status]
+    failure = info["failure"]
+    raise error_class(f"{where} {verb}" + (f": {failure}" if failure else ""),
+                      workflow_id=info["workflow_id"], run_id=info["run_id"], status=status,
+                      failure=failure)
+
+
+def workflow_args(args) -> dict:
+    """The workflow's keyword arguments: a dict with str keys (None: no arguments)."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise InvalidArgument("workflow args must be a dict of the workflow's keyword "
+                              f"arguments, got {type(args).__name__}", field="args")
+    for key in args:
+        if not isinstance(key, str):
+            raise InvalidArgument(f"workflow args keys must be argument names (str), got "
+                                  f"{key!r}", field="args")
+    return args
+
+
+def execution_timeout_ms(execution_timeout: float | None) -> int:
+    """Seconds (None: no timeout) -> the wire's milliseconds (0: no timeout)."""
+    if execution_timeout is None:
+        return 0
+    if (not isinstance(execution_timeout, (int, float)) or isinstance(execution_timeout, bool)
+            or not math.isfinite(execution_timeout) or execution_timeout <= 0):
+        raise InvalidArgument("execution_timeout must be a positive number of seconds, got "
+                              f"{execution_timeout!r}", field="execution_timeout")
+    timeout_ms = max(1, math.ceil(execution_timeout * 1000))
+    if timeout_ms > EXECUTION_TIMEOUT_MS_MAX:
+        raise InvalidArgument(f"execution_timeout of {execution_timeout!r} seconds is too "
+                              "large", field="execution_timeout")
+    return timeout_ms
+
+
+def workflow_type_of(workflow_type) -> tuple[str, float | None]:
+    """A type name, or a @coda.workflow function -> (its name, its execution_timeout_s)."""
+    if isinstance(workflow_type, str):
+        return workflow_type, None
+    definition = sdk.definition_of(workflow_type)
+    if isinstance(definition, sdk.WorkflowDefinition):
+        return definition.name, definition.execution_timeout_s
+    is_task = isinstance(definition, sdk.TaskDefinition)
+    what = "a @coda.task function" if is_task else repr(workflow_type)
+    raise InvalidArgument("workflow_type must be a workflow type name or a @coda.workflow "
+                          f"function, got {what}", field="workflow_type")
+
+
+def _uint32(value, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= UINT32_MAX:
+        raise InvalidArgument(f"{field} must be an integer from 0 to {UINT32_MAX}, got "
+                              f"{value!r}", field=field)
+    return value
+
+
+def _reason(reason) -> str:
+    if not isinstance(reason, str):
+        raise InvalidArgument(f"reason must be a string, got {type(reason).__name__}",
+                              field="reason")
+    return reason
+
+
+def _wait_deadline_s(timeout: float | None) -> float | None:
+    """A caller's wait in seconds (None: no limit) -> a time.monotonic() deadline."""
+    if timeout is None:
+        return None
+    if (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+            or math.isnan(timeout) or timeout < 0):
+        raise InvalidArgument(f"timeout must be a number of seconds >= 0 or None, got "
+                              f"{timeout!r}", field="timeout")
+    return time.monotonic() + timeout
+
+
+def _poll_wait_ms(deadline_s: float | None) -> int:
+    if deadline_s is None:
+        return WAIT_POLL_MS
+    left_s = deadline_s - time.monotonic()
+    return int(min(WAIT_POLL_MS, max(0.0, left_s * 1000)))
+
+
+def _decode_event(raw: bytes) -> dict:
+    event = codec.decode_payload(raw, what="history event")
+    if not isinstance(event, dict) or not isinstance(event.get("event_id"), int):
+        raise errors.Internal(f"a history event from the server is not a map with an "
+                              f"event_id: {event!r:.200}")
+    return event
+
+
 def cluster_status_to_dict(answer: pb.GetClusterStatusResponse) -> dict:
     return {
         "shard_count": answer.shard_count, "answered_by": answer.answered_by,
@@ -87,6 +211,45 @@ class WorkflowHandle:
 
     async def describe(self) -> dict:
         return await self.client.describe_workflow(self.workflow_id, self.run_id)
+
+    async def wait_closed(self, timeout: float | None = None) -> dict:
+        """Wait until the run closes (seconds; None: no limit) and describe it, whatever
+        its status. WaitTimeout if it still runs when `timeout` passes."""
+        deadline_s = _wait_deadline_s(timeout)
+        while True:
+            polled_s = time.monotonic()
+            info = await self.client.wait_workflow(self.workflow_id, self.run_id,
+                                                   _poll_wait_ms(deadline_s))
+            if info["status"] != model.RUNNING:
+                return info
+            now_s = time.monotonic()
+            if deadline_s is not None and now_s >= deadline_s:
+                raise WaitTimeout(
+                    f"workflow {self.workflow_id} run {info['run_id']} still RUNNING after "
+                    f"waiting {timeout} s", workflow_id=self.workflow_id,
+                    run_id=info["run_id"], timeout_s=timeout)
+            pause_s = polled_s + WAIT_POLL_INTERVAL_MIN_S - now_s
+            if deadline_s is not None:
+                pause_s = min(pause_s, deadline_s - now_s)
+            if pause_s > 0:
+                await asyncio.sleep(pause_s)
+
+    async def result(self, timeout: float | None = None):
+        """The run's result once it completes (see wait_closed); raises the
+        coda.errors.WorkflowError of any other closing status."""
+        return workflow_result(await self.wait_closed(timeout))
+
+    async def cancel(self, reason: str = "") -> str:
+        """Ask the run to cancel (it sees CancelledError and may clean up); its run id."""
+        return await self.client.cancel_workflow(self.workflow_id, self.run_id, reason=reason)
+
+    async def terminate(self, reason: str = "") -> str:
+        """Close the run TERMINATED at once, running no workflow code; its run id."""
+        return await self.client.terminate_workflow(self.workflow_id, self.run_id,
+                                                    reason=reason)
+
+    async def history(self) -> list[dict]:
+        return await self.client.workflow_history(self.workflow_id, self.run_id)
 
 
 class Client:
@@ -123,8 +286,10 @@ class Client:
         return pb_grpc.FlowStub(self._channels[address])
 
     async def _call(self, method: str, request, *, retry_indeterminate: bool,
-                    workflow_id: str | None = None):
-        deadline = time.monotonic() + self.timeout_s
+                    workflow_id: str | None = None, wait_s: float = 0.0):
+        """`wait_s`: how long the server may hold the call (a long poll) on top of the
+        usual time per attempt and the client's retry budget."""
+        deadline = time.monotonic() + self.timeout_s + wait_s
         backoff = BACKOFF_INITIAL_S
         attempt = 0
         leader = await self._leader_for(workflow_id) if workflow_id is not None else None
@@ -136,7 +301,7 @@ class Client:
             remaining = deadline - time.monotonic()
             try:
                 return await getattr(self._stub(address), method)(
-                    request, timeout=max(0.1, min(CALL_TIMEOUT_S, remaining)))
+                    request, timeout=max(0.1, min(CALL_TIMEOUT_S + wait_s, remaining)))
             except grpc.aio.AioRpcError as exc:
                 err = error_from_rpc(exc, target=address)
             self._shard_map_due_s = 0.0  # something moved: refresh the map next time
@@ -162,18 +327,25 @@ class Client:
             return None
         return self._shard_leaders[shard_for(workflow_id, len(self._shard_leaders))]
 
-    async def start_workflow(self, workflow_type: str, args=None, *, workflow_id: str | None = None,
+    async def start_workflow(self, workflow_type, args=None, *, workflow_id: str | None = None,
                              reuse_policy: str = model.ALLOW_DUPLICATE,
-                             request_id: str | None = None) -> WorkflowHandle:
+                             request_id: str | None = None,
+                             execution_timeout: float | None = None) -> WorkflowHandle:
+        """Start a run of `workflow_type` (a type name or a @coda.workflow function) with
+        keyword arguments `args`. `execution_timeout` (seconds; default: the decorator's
+        when given a function, else none): past it the run closes TIMED_OUT."""
+        type_name, default_timeout_s = workflow_type_of(workflow_type)
         if reuse_policy not in REUSE_ENUM:
             raise InvalidArgument(f"unknown reuse_policy {reuse_policy!r}; one of "
                                   f"{', '.join(model.REUSE_POLICIES)}", field="reuse_policy")
-        payload = codec.encode_payload(args if args is not None else {}, what="workflow args",
+        timeout_ms = execution_timeout_ms(
+            execution_timeout if execution_timeout is not None else default_timeout_s)
+        payload = codec.encode_payload(workflow_args(args), what="workflow args",
                                        limit_bytes=self.payload_bytes_max)
         request = pb.StartWorkflowRequest(
-            workflow_id=workflow_id or f"{workflow_type}-{uuid.uuid4().hex}",
-            workflow_type=workflow_type, input=payload, reuse_policy=REUSE_ENUM[reuse_policy],
-            request_id=request_id or uuid.uuid4().hex)
+            workflow_id=workflow_id or f"{type_name}-{uuid.uuid4().hex}",
+            workflow_type=type_name, input=payload, reuse_policy=REUSE_ENUM[reuse_policy],
+            request_id=request_id or uuid.uuid4().hex, execution_timeout_ms=timeout_ms)
         answer = await self._call("StartWorkflow", request, retry_indeterminate=True,
                                   workflow_id=request.workflow_id)
         return WorkflowHandle(self, request.workflow_id, answer.run_id, answer.started)
@@ -186,6 +358,52 @@ class Client:
             workflow_id=workflow_id, run_id=run_id or ""), retry_indeterminate=True,
             workflow_id=workflow_id)
         return workflow_to_dict(answer.workflow)
+
+    async def wait_workflow(self, workflow_id: str, run_id: str | None = None,
+                            wait_ms: int = WAIT_POLL_MS) -> dict:
+        """One long poll: the run's description once it is closed, or as it is after
+        `wait_ms` (the server may cap the wait). WorkflowHandle.result repeats it."""
+        wait_ms = _uint32(wait_ms, "wait_ms")
+        answer = await self._call("WaitWorkflow", pb.WaitWorkflowRequest(
+            workflow_id=workflow_id, run_id=run_id or "", wait_ms=wait_ms),
+            retry_indeterminate=True, workflow_id=workflow_id, wait_s=wait_ms / 1000)
+        return workflow_to_dict(answer.workflow)
+
+    async def cancel_workflow(self, workflow_id: str, run_id: str | None = None, *,
+                              reason: str = "", request_id: str | None = None) -> str:
+        """Request cancellation of the run (default: the current one); its run id."""
+        answer = await self._call("CancelWorkflow", pb.CancelWorkflowRequest(
+            workflow_id=workflow_id, run_id=run_id or "", reason=_reason(reason),
+            request_id=request_id or uuid.uuid4().hex), retry_indeterminate=True,
+            workflow_id=workflow_id)
+        return answer.run_id
+
+    async def terminate_workflow(self, workflow_id: str, run_id: str | None = None, *,
+                                 reason: str = "", request_id: str | None = None) -> str:
+        """Close the run (default: the current one) TERMINATED at once; its run id."""
+        answer = await self._call("TerminateWorkflow", pb.TerminateWorkflowRequest(
+            workflow_id=workflow_id, run_id=run_id or "", reason=_reason(reason),
+            request_id=request_id or uuid.uuid4().hex), retry_indeterminate=True,
+            workflow_id=workflow_id)
+        return answer.run_id
+
+    async def workflow_history(self, workflow_id: str, run_id: str | None = None, *,
+                               page_size: int = 0) -> list[dict]:
+        """Every event of the run (default: the current one), in order: msgpack maps
+        decoded, their payload fields (input, result, args, ...) left as msgpack bytes."""
+        page_size = _uint32(page_size, "page_size")
+        events: list[dict] = []
+        run_id, after_event_id = run_id or "", 0
+        while True:
+            answer = await self._call("GetWorkflowHistory", pb.GetWorkflowHistoryRequest(
+                workflow_id=workflow_id, run_id=run_id, after_event_id=after_event_id,
+                page_size=page_size), retry_indeterminate=True, workflow_id=workflow_id)
+            page = [_decode_event(raw) for raw in answer.events]
+            events += page
+            if not (answer.more and page):
+                return events
+            # Later pages of the same run, even if another run became current meanwhile.
+            run_id, after_event_id = answer.run_id, page[-1]["event_id"]
 
     async def list_workflows(self, *, statuses=(), workflow_types=(), page_size: int = 0,
                              page_token: bytes = b"") -> tuple[list[dict], bytes]:
@@ -213,6 +431,48 @@ class Client:
         return {"shard_count": answer.shard_count, "leaders": [l or None for l in answer.leaders]}
 
 
+class SyncWorkflowHandle:
+    """WorkflowHandle's methods, blocking (on the SyncClient's loop)."""
+
+    def __init__(self, client: "SyncClient", handle: WorkflowHandle):
+        self.client = client
+        self._handle = handle
+
+    @property
+    def workflow_id(self) -> str:
+        return self._handle.workflow_id
+
+    @property
+    def run_id(self) -> str:
+        return self._handle.run_id
+
+    @property
+    def started(self) -> bool:
+        return self._handle.started
+
+    def __repr__(self) -> str:
+        return (f"SyncWorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r}, "
+                f"started={self.started!r})")
+
+    def describe(self) -> dict:
+        return self.client._run(self._handle.describe())
+
+    def wait_closed(self, timeout: float | None = None) -> dict:
+        return self.client._run(self._handle.wait_closed(timeout))
+
+    def result(self, timeout: float | None = None):
+        return self.client._run(self._handle.result(timeout))
+
+    def cancel(self, reason: str = "") -> str:
+        return self.client._run(self._handle.cancel(reason))
+
+    def terminate(self, reason: str = "") -> str:
+        return self.client._run(self._handle.terminate(reason))
+
+    def history(self) -> list[dict]:
+        return self.client._run(self._handle.history())
+
+
 class SyncClient:
     """The same API, blocking: one private event loop per client."""
 
@@ -234,11 +494,26 @@ class SyncClient:
     def _run(self, coro):
         return self._loop.run_until_complete(coro)
 
-    def start_workflow(self, *args, **kwargs) -> WorkflowHandle:
-        return self._run(self._client.start_workflow(*args, **kwargs))
+    def start_workflow(self, *args, **kwargs) -> SyncWorkflowHandle:
+        return SyncWorkflowHandle(self, self._run(self._client.start_workflow(*args, **kwargs)))
+
+    def get_workflow_handle(self, workflow_id: str, run_id: str = "") -> SyncWorkflowHandle:
+        return SyncWorkflowHandle(self, self._client.get_workflow_handle(workflow_id, run_id))
 
     def describe_workflow(self, *args, **kwargs) -> dict:
         return self._run(self._client.describe_workflow(*args, **kwargs))
+
+    def wait_workflow(self, *args, **kwargs) -> dict:
+        return self._run(self._client.wait_workflow(*args, **kwargs))
+
+    def cancel_workflow(self, *args, **kwargs) -> str:
+        return self._run(self._client.cancel_workflow(*args, **kwargs))
+
+    def terminate_workflow(self, *args, **kwargs) -> str:
+        return self._run(self._client.terminate_workflow(*args, **kwargs))
+
+    def workflow_history(self, *args, **kwargs) -> list[dict]:
+        return self._run(self._client.workflow_history(*args, **kwargs))
 
     def list_workflows(self, **kwargs):
         return self._run(self._client.list_workflows(**kwargs))
@@ -256,4 +531,5 @@ class SyncClient:
         return self._run(self._client.shard_map())
 
 
-__all__ = ["Client", "SyncClient", "WorkflowHandle", "CodaError"]
+__all__ = ["Client", "SyncClient", "SyncWorkflowHandle", "WorkflowHandle", "CodaError",
+           "workflow_result"]

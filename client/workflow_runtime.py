@@ -17,12 +17,22 @@ which replays the same history. The n-th spawn must match the n-th TaskScheduled
 the history; if not, `NonDeterminismError` names both sides (and the workflow task fails,
 not the workflow: fix the code and the run continues).
 
-History events (dicts): TaskScheduled {key, task}, TaskCompleted {key, result},
-TaskFailed {key, error: {type, message}}, and any event's `time_ms` advances now().
+History events (dicts, each with `event_id` and `time_ms`): TaskScheduled {key, task},
+TaskCompleted {key, result}, TaskFailed {key, error: {type, message}},
+WorkflowCancelRequested {reason}, and WorkflowTaskCompleted {seen_event_id}: the marker
+Flow writes when a workflow task's commands commit, saying how much history that task
+saw. Replay follows the markers: results and cancellations are revealed to the
+coroutine in the same steps as in the original run, so a workflow that reacted to a
+cancel before a task finished reacts the same way on replay. TaskScheduled events are
+read up front (they record what was already decided).
+
+`now()` is the latest time the workflow has observed: its start, then the time of each
+result it awaited. That is the same on every replay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime
 import hashlib
@@ -69,17 +79,18 @@ class CodaFuture:
         self._done = False
         self._result = None
         self._error: BaseException | None = None
+        self.time_ms = 0  # when the outcome was recorded: awaiting it moves now() there
 
     def done(self) -> bool:
         return self._done
 
-    def set_result(self, value) -> None:
+    def set_result(self, value, time_ms: int = 0) -> None:
         if not self._done:
-            self._done, self._result = True, value
+            self._done, self._result, self.time_ms = True, value, time_ms
 
-    def set_error(self, error: BaseException) -> None:
+    def set_error(self, error: BaseException, time_ms: int = 0) -> None:
         if not self._done:
-            self._done, self._error = True, error
+            self._done, self._error, self.time_ms = True, error, time_ms
 
     def result(self):
         assert self._done
@@ -90,6 +101,7 @@ class CodaFuture:
     def __await__(self):
         while not self._done:
             yield self  # tells WorkflowRun the coroutine is blocked
+        _observe(self.time_ms)
         return self.result()
 
 
@@ -103,16 +115,24 @@ class _AllOf(CodaFuture):
     def refresh(self) -> None:
         failed = [p for p in self.parts if p.done() and p._error is not None]
         if failed:
-            self.set_error(failed[0]._error)
+            self.set_error(failed[0]._error, failed[0].time_ms)
         elif all(p.done() for p in self.parts):
-            self.set_result([p.result() for p in self.parts])
+            self.set_result([p.result() for p in self.parts],
+                            max((p.time_ms for p in self.parts), default=0))
 
     def __await__(self):
         self.refresh()
         while not self._done:
             yield self
             self.refresh()
+        _observe(self.time_ms)
         return self.result()
+
+
+def _observe(time_ms: int) -> None:
+    run = _current.get(None)
+    if run is not None:
+        run.now_ms = max(run.now_ms, time_ms)
 
 
 class WorkflowRun:
@@ -131,60 +151,104 @@ class WorkflowRun:
         self._spawns: list[tuple[str, str]] = []   # (key, task name) in call order
         self._futures: dict[str, CodaFuture] = {}
         self._scheduled: list[tuple[str, str]] = []  # from history, in order
-        self._results: dict[str, tuple[bool, object]] = {}  # key -> (ok, result or error)
+        self._results: dict[str, tuple[bool, object, int]] = {}  # key -> (ok, value, time_ms)
+        self._unrevealed: list[dict] = []  # results/cancels not yet shown to the coroutine
         self._pending_commands: list[dict] = []
         self._waiting_on: CodaFuture | None = None
         self._violation: NonDeterminismError | None = None
+        self._cancel_reason: str | None = None
+        self._cancel_delivered = False
+        self.events_fed = 0
+        self.last_event_id = 0
         self.finished = False
 
     # --- driving ---------------------------------------------------------------------------
     def advance(self, events: list[dict]) -> list[dict]:
-        """Feed new history events, run the workflow as far as it can go, return commands."""
-        for event in events:
-            self._absorb(event)
-        if self.finished:
-            return []
-        if self._coro is None:
-            self._coro = self.definition.fn(**self._args)
-        self._resolve_known()
+        """Feed new history events, run the workflow as far as it can go, return commands.
+
+        Events are taken in steps: up to each WorkflowTaskCompleted marker, only what that
+        workflow task saw is revealed, and the coroutine runs until blocked; then the
+        rest. Commands already recorded in history are not returned again.
+        """
         token = _current.set(self)
         try:
-            return self._run_until_blocked()
+            for event in events:
+                self.events_fed += 1
+                self.last_event_id = max(self.last_event_id, int(event.get("event_id") or 0))
+                kind = event.get("type")
+                if kind == "TaskScheduled":
+                    self._scheduled.append((event["key"], event["task"]))
+                elif kind in REVEALED_EVENTS:
+                    self._unrevealed.append(event)
+                elif kind == "WorkflowTaskCompleted":
+                    self._step(reveal_up_to=int(event.get("seen_event_id") or 0))
+            self._step(reveal_up_to=None)
+            return self._take_commands()
         finally:
             _current.reset(token)
 
+    def _step(self, reveal_up_to: int | None) -> None:
+        """Reveal events up to an event id (None: all), then run until blocked."""
+        keep = []
+        for event in self._unrevealed:
+            if reveal_up_to is None or int(event.get("event_id") or 0) <= reveal_up_to:
+                self._absorb(event)
+            else:
+                keep.append(event)
+        self._unrevealed = keep
+        if self.finished:
+            return
+        if self._coro is None:
+            self._coro = self.definition.fn(**self._args)
+        self._resolve_known()
+        self._run_until_blocked()
+
     def _absorb(self, event: dict) -> None:
-        self.now_ms = max(self.now_ms, int(event.get("time_ms") or 0))
         kind = event.get("type")
-        if kind == "TaskScheduled":
-            self._scheduled.append((event["key"], event["task"]))
-        elif kind == "TaskCompleted":
-            self._results[event["key"]] = (True, event.get("result"))
+        time_ms = int(event.get("time_ms") or 0)
+        if kind == "TaskCompleted":
+            self._results[event["key"]] = (True, event.get("result"), time_ms)
         elif kind == "TaskFailed":
             error = event.get("error") or {}
             self._results[event["key"]] = (False, TaskFailedError(
-                f"task {event['key']} failed: {error.get('message', '')}",
-                error_type=error.get("type", ""), key=event["key"]))
+                f"task {event['key']} failed: {error.get('type', 'Error')}: "
+                f"{error.get('message', '')}",
+                error_type=error.get("type", ""), key=event["key"]), time_ms)
+        elif kind == "WorkflowCancelRequested" and self._cancel_reason is None:
+            self._cancel_reason = str(event.get("reason") or "cancelled")
+            self.now_ms = max(self.now_ms, time_ms)
 
     def _resolve_known(self) -> None:
         for key, future in self._futures.items():
             if key in self._results and not future.done():
-                ok, value = self._results[key]
-                future.set_result(value) if ok else future.set_error(value)
+                _settle(future, self._results[key])
 
-    def _run_until_blocked(self) -> list[dict]:
+    def _run_until_blocked(self) -> None:
         while True:
-            if self._waiting_on is not None:
+            cancel_now = (self._cancel_reason is not None and not self._cancel_delivered
+                          and self._waiting_on is not None)
+            if self._waiting_on is not None and not cancel_now:
                 if isinstance(self._waiting_on, _AllOf):
                     self._waiting_on.refresh()
                 if not self._waiting_on.done():
-                    return self._take_commands()
+                    return
             try:
-                yielded = self._coro.send(None)
+                if cancel_now:
+                    # Delivered where the workflow waits, once; it may catch it and clean up.
+                    self._cancel_delivered = True
+                    yielded = self._coro.throw(asyncio.CancelledError(self._cancel_reason))
+                else:
+                    yielded = self._coro.send(None)
             except StopIteration as stop:
                 self._raise_violation()
                 self._check_history_consumed()
                 return self._finish({"type": "CompleteWorkflow", "result": stop.value})
+            except asyncio.CancelledError as exc:
+                self._raise_violation()
+                if self._cancel_reason is None:  # raised by the workflow itself: a failure
+                    return self._finish({"type": "FailWorkflow", "error": {
+                        "type": "CancelledError", "message": str(exc)}})
+                return self._finish({"type": "CancelWorkflow", "reason": self._cancel_reason})
             except Exception as exc:
                 self._raise_violation()
                 message = str(exc)
@@ -220,10 +284,9 @@ class WorkflowRun:
                 replay=None)
             self._raise_violation()
 
-    def _finish(self, command: dict) -> list[dict]:
+    def _finish(self, command: dict) -> None:
         self.finished = True
         self._pending_commands.append(command)
-        return self._take_commands()
 
     def _take_commands(self) -> list[dict]:
         commands, self._pending_commands = self._pending_commands, []
@@ -242,8 +305,7 @@ class WorkflowRun:
         future = CodaFuture(f"task {task_name} ({key})")
         self._futures[key] = future
         if key in self._results:
-            ok, value = self._results[key]
-            future.set_result(value) if ok else future.set_error(value)
+            _settle(future, self._results[key])
         elif position >= len(self._scheduled):
             self._pending_commands.append({
                 "type": "ScheduleTask", "key": key, "task": task_name,
@@ -277,6 +339,14 @@ class WorkflowRun:
         return _uuid.UUID(int=self.rng.getrandbits(128), version=4)
 
 
+REVEALED_EVENTS = frozenset({"TaskCompleted", "TaskFailed", "WorkflowCancelRequested"})
+
+
+def _settle(future: CodaFuture, outcome: tuple[bool, object, int]) -> None:
+    ok, value, time_ms = outcome
+    future.set_result(value, time_ms) if ok else future.set_error(value, time_ms)
+
+
 def task_key(task_name: str, cache_key, position: int) -> str:
     if cache_key is None:
         return f"#{position}"
@@ -285,7 +355,10 @@ def task_key(task_name: str, cache_key, position: int) -> str:
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"cache_key of task {task_name!r} must be msgpack-encodable: {exc}",
                               field="cache_key") from None
-    return f"{task_name}:{hashlib.blake2b(encoded, digest_size=12).hexdigest()}"
+    # Short and fixed-size (Flow keys tasks by it inside 511-byte LMDB keys); the name is
+    # hashed in, so the same cache_key under two task names is two tasks.
+    digest = hashlib.blake2b(task_name.encode() + b"\x00" + encoded, digest_size=12)
+    return f"c:{digest.hexdigest()}"
 
 
 def current_run() -> WorkflowRun:

@@ -11,7 +11,14 @@
     ├── Unavailable                no leader, no quorum, node unreachable
     ├── Indeterminate              the operation may or may not have happened
     │                              (timeout, leader change while in flight, lost connection)
-    └── Internal                   a bug: reported, never swallowed
+    ├── Internal                   a bug: reported, never swallowed
+    ├── WorkflowError              a run closed without a result (WorkflowHandle.result)
+    │   ├── WorkflowFailedError        FAILED: its retry policy is exhausted
+    │   ├── WorkflowCancelledError     CANCELLED
+    │   ├── WorkflowTerminatedError    TERMINATED
+    │   ├── WorkflowTimedOutError      TIMED_OUT: past its execution timeout
+    │   └── WorkflowContinuedAsNewError  CONTINUED_AS_NEW: the result is the new run's
+    └── WaitTimeout                result(timeout=...) passed while the run still ran
 
 `definite` says whether the operation surely did not happen (True) or may have (False) —
 the split a Jepsen history needs (fail vs info). `retryable` says whether the same request
@@ -112,3 +119,58 @@ def from_wire(wire: dict) -> CodaError:
     """Rebuild an error sent by `CodaError.to_wire` (unknown codes become Internal)."""
     cls = _BY_CODE.get(wire.get("code"), Internal)
     return cls(str(wire.get("message", "")), **dict(wire.get("details") or {}))
+
+
+# --- outcomes of a workflow run, as seen by a client waiting for its result -------------
+# Raised on the client (never sent over the wire): the run closed with this status. The
+# details carry workflow_id, run_id, status and failure (the server's failure text).
+CODE_WORKFLOW = "WORKFLOW_ERROR"
+CODE_WORKFLOW_FAILED = "WORKFLOW_FAILED"
+CODE_WORKFLOW_CANCELLED = "WORKFLOW_CANCELLED"
+CODE_WORKFLOW_TERMINATED = "WORKFLOW_TERMINATED"
+CODE_WORKFLOW_TIMED_OUT = "WORKFLOW_TIMED_OUT"
+CODE_WORKFLOW_CONTINUED_AS_NEW = "WORKFLOW_CONTINUED_AS_NEW"
+CODE_WAIT_TIMEOUT = "WAIT_TIMEOUT"
+
+
+class WorkflowError(CodaError):
+    """A workflow run closed without a result. Definite: waiting again gives the same."""
+    code = CODE_WORKFLOW
+
+    @property
+    def workflow_id(self) -> str | None:
+        return self.details.get("workflow_id")
+
+    @property
+    def run_id(self) -> str | None:
+        return self.details.get("run_id")
+
+    @property
+    def failure(self) -> str | None:
+        return self.details.get("failure")
+
+
+class WorkflowFailedError(WorkflowError):
+    code = CODE_WORKFLOW_FAILED
+
+
+class WorkflowCancelledError(WorkflowError):
+    code = CODE_WORKFLOW_CANCELLED
+
+
+class WorkflowTerminatedError(WorkflowError):
+    code = CODE_WORKFLOW_TERMINATED
+
+
+class WorkflowTimedOutError(WorkflowError):
+    code = CODE_WORKFLOW_TIMED_OUT
+
+
+class WorkflowContinuedAsNewError(WorkflowError):
+    code = CODE_WORKFLOW_CONTINUED_AS_NEW
+
+
+class WaitTimeout(CodaError):
+    """The caller's wait for a run to close ran out; the run goes on. Waiting again may
+    succeed, but it is the caller's decision (retryable=False: nothing retries it)."""
+    code = CODE_WAIT_TIMEOUT

@@ -18,7 +18,16 @@ VERSION = 1
 
 START_WORKFLOW = "start_workflow"
 BARRIER = "barrier"
-KINDS = (START_WORKFLOW, BARRIER)
+CANCEL_WORKFLOW = "cancel_workflow"
+TERMINATE_WORKFLOW = "terminate_workflow"
+REGISTER_SUPERVISOR = "register_supervisor"
+EXPIRE_SUPERVISOR = "expire_supervisor"
+ASSIGN = "assign"
+COMPLETE = "complete"
+TASK_HEARTBEAT = "task_heartbeat"
+FIRE_TIMERS = "fire_timers"
+KINDS = (START_WORKFLOW, BARRIER, CANCEL_WORKFLOW, TERMINATE_WORKFLOW, REGISTER_SUPERVISOR,
+         EXPIRE_SUPERVISOR, ASSIGN, COMPLETE, TASK_HEARTBEAT, FIRE_TIMERS)
 
 
 @dataclass(frozen=True)
@@ -64,12 +73,56 @@ def decode(data) -> Command:
 
 
 def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_type: str,
-                   input_payload: bytes, run_id: str, reuse_policy: str) -> bytes:
+                   input_payload: bytes, run_id: str, reuse_policy: str,
+                   execution_timeout_ms: int = 0, allow_undeclared_type: bool = True) -> bytes:
     return encode(START_WORKFLOW, {
         "request_id": request_id, "time_ms": time_ms, "workflow_id": workflow_id,
         "workflow_type": workflow_type, "input": input_payload, "run_id": run_id,
-        "reuse_policy": reuse_policy,
+        "reuse_policy": reuse_policy, "execution_timeout_ms": execution_timeout_ms,
+        "allow_undeclared_type": allow_undeclared_type,
     })
+
+
+def close_request(kind: str, *, request_id: str, time_ms: int, workflow_id: str,
+                  run_id: str | None, reason: str) -> bytes:
+    """cancel_workflow or terminate_workflow."""
+    assert kind in (CANCEL_WORKFLOW, TERMINATE_WORKFLOW)
+    return encode(kind, {"request_id": request_id, "time_ms": time_ms,
+                         "workflow_id": workflow_id, "run_id": run_id, "reason": reason})
+
+
+def register_supervisor(*, time_ms: int, supervisor_id: str, build_id: str,
+                        workflow_types: list, task_types: list, running: list) -> bytes:
+    return encode(REGISTER_SUPERVISOR, {
+        "time_ms": time_ms, "supervisor_id": supervisor_id, "build_id": build_id,
+        "workflow_types": workflow_types, "task_types": task_types, "running": running})
+
+
+def expire_supervisor(*, time_ms: int, supervisor_id: str) -> bytes:
+    return encode(EXPIRE_SUPERVISOR, {"time_ms": time_ms, "supervisor_id": supervisor_id})
+
+
+def assign(*, time_ms: int, supervisor_id: str, items: list) -> bytes:
+    return encode(ASSIGN, {"time_ms": time_ms, "supervisor_id": supervisor_id, "items": items})
+
+
+def complete(*, time_ms: int, request_id: str, workflow_id: str, run_id: str, key: str,
+             attempt: int, outcome: dict) -> bytes:
+    """outcome: {"result": bytes} | {"failure": {...}} | {"commands": [...]}."""
+    return encode(COMPLETE, dict(outcome, time_ms=time_ms, request_id=request_id,
+                                 workflow_id=workflow_id, run_id=run_id, key=key,
+                                 attempt=attempt))
+
+
+def task_heartbeat(*, time_ms: int, workflow_id: str, run_id: str, key: str, attempt: int,
+                   details: bytes | None) -> bytes:
+    return encode(TASK_HEARTBEAT, {"time_ms": time_ms, "workflow_id": workflow_id,
+                                   "run_id": run_id, "key": key, "attempt": attempt,
+                                   "details": details})
+
+
+def fire_timers(*, time_ms: int, timer_keys: list) -> bytes:
+    return encode(FIRE_TIMERS, {"time_ms": time_ms, "keys": timer_keys})
 
 
 def barrier(*, time_ms: int) -> bytes:

@@ -15,7 +15,7 @@ lmdb_key_bytes_max = 511
 workflow_id_bytes_max = 400
 type_name_bytes_max = 255
 request_id_bytes_max = 128
-run_id_bytes_max = 64
+run_id_bytes_max = 32  # the leader makes them: uuid4 hex
 
 # --- payloads ----------------------------------------------------------------------------
 # Args, results and state values (msgpack). Configurable per cluster up to the hard cap.
@@ -56,8 +56,28 @@ list_page_size_max = 1000
 list_scan_records_max = 20_000
 page_token_bytes_max = 16 * KIB
 
-# --- history (shape only until the execution issue fills it) -----------------------------
+# --- execution ---------------------------------------------------------------------------
 history_events_per_run_max = 50_000
+# Commands one workflow task may emit, and tasks a run may have open at once.
+workflow_task_commands_max = 1000
+open_tasks_per_run_max = 10_000
+task_key_bytes_max = 64  # the runtime makes them: '#n' or 'c:' + hex digest
+supervisor_id_bytes_max = 128
+types_per_supervisor_max = 1000
+# Items one assign / fire_timers / register command carries.
+assign_items_max = 256
+timers_per_fire_max = 256
+running_items_per_hello_max = 100_000
+# A supervisor that sends nothing for this long is declared dead; its work is re-queued.
+supervisor_lease_ms_default = 10_000
+# Backoff of a failed workflow task (non-determinism, a worker crash): doubles per failure.
+workflow_task_retry_initial_ms = 1000
+workflow_task_retry_max_ms = 60_000
+task_heartbeat_details_bytes_max = 64 * KIB
+# Long polls for a workflow's result.
+wait_workflow_ms_max = 60_000
+history_page_size_default = 1000
+history_page_size_max = 10_000
 
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + 8 <= lmdb_key_bytes_max
 assert len("task/") + type_name_bytes_max + 1 + 8 <= lmdb_key_bytes_max
@@ -69,3 +89,6 @@ assert reads_per_barrier_max <= reads_waiting_max
 assert list_page_size_default <= list_page_size_max <= list_scan_records_max
 assert payload_bytes_default <= payload_bytes_max
 assert workflow_id_bytes_max + type_name_bytes_max + request_id_bytes_max < command_envelope_bytes_max
+assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + task_key_bytes_max <= lmdb_key_bytes_max
+assert supervisor_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max
+assert 8 + 1 + workflow_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max  # timers

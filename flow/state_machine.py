@@ -7,7 +7,9 @@ lmdb, grpc, pysyncobj, asyncio, threading, time, random or os (tests/unit/test_p
 walks the imports to keep it so).
 
 Contract with the shell (flow.replica):
-- `apply(txn, data)` returns a result map: {"ok": {...}} or {"error": {code, message, details}}.
+- `apply(txn, data)` returns a result map: {"ok": {...}} or {"error": {code, message, details}};
+  an ok result may carry "effects" (sm_common.Ctx): what the leader must do after the
+  commit, such as telling a supervisor to stop a task.
 - A user error raises CodaError inside a handler; `apply` turns it into an error result.
   The shell runs each command in a child transaction and rolls it back when the result is
   an error, so a failed command leaves no partial writes.
@@ -18,8 +20,10 @@ Contract with the shell (flow.replica):
 
 from __future__ import annotations
 
-from coda.errors import AlreadyExists, CodaError, InvalidArgument
-from coda.flow import commands, limits, model, validate
+from coda.errors import CodaError, InvalidArgument
+from coda.flow import commands, limits, validate
+from coda.flow import sm_common as c
+from coda.flow import sm_supervisors, sm_tasks, sm_workflows
 from coda.storage import codec, keys
 from coda.storage.txn import Txn
 
@@ -36,7 +40,11 @@ def apply(txn: Txn, data) -> dict:
             earlier = txn.get(keys.REQUESTS, keys.request_key(request_id))
             if earlier is not None:
                 return codec.unpack(earlier)["result"]
-        result = {"ok": handler(txn, cmd.body)}
+        ctx = c.Ctx(txn, time_ms)
+        result = {"ok": handler(ctx, cmd.body)}
+        effects = ctx.effects()
+        if effects:  # for the leader to act on after the commit (flow.dispatcher)
+            result["effects"] = effects
         if request_id is not None:
             _remember_request(txn, request_id, time_ms, result)
         return result
@@ -50,53 +58,52 @@ def is_error(result: dict) -> bool:
 
 # --- commands ---------------------------------------------------------------------------
 
-def _barrier(txn: Txn, body: dict) -> dict:
+def _barrier(ctx: c.Ctx, body: dict) -> dict:
     return {}
 
 
-def _start_workflow(txn: Txn, body: dict) -> dict:
-    workflow_id = validate.workflow_id(body.get("workflow_id"))
-    workflow_type = validate.type_name(body.get("workflow_type"))
-    run_id = validate.run_id(body.get("run_id"))
-    request_id = validate.request_id(body.get("request_id"))
-    policy = body.get("reuse_policy", model.ALLOW_DUPLICATE)
-    if not isinstance(policy, str) or policy not in model.REUSE_POLICIES:
-        raise InvalidArgument(f"unknown workflow id reuse policy {policy!r}; "
-                              f"one of {', '.join(model.REUSE_POLICIES)}", field="reuse_policy")
-    payload = body.get("input")
-    if not isinstance(payload, bytes) or len(payload) > limits.payload_bytes_max:
-        raise InvalidArgument("workflow input must be msgpack bytes within the payload limit",
-                              field="input")
-    time_ms = _time_ms(body)
+def _fire_timers(ctx: c.Ctx, body: dict) -> dict:
+    """Timers the leader found due. Each fires once: it is deleted as it fires, and one
+    that is not due at the command's stamped time is left alone."""
+    timer_keys = body.get("keys")
+    if not isinstance(timer_keys, list) or len(timer_keys) > limits.timers_per_fire_max:
+        raise InvalidArgument(f"keys must be a list of at most {limits.timers_per_fire_max} "
+                              "timer keys", field="keys")
+    fired = 0
+    for key in timer_keys:
+        if not isinstance(key, bytes) or len(key) < 9 or keys.timer_fire_ms(key) > ctx.time_ms:
+            continue
+        raw = ctx.txn.get(keys.TIMERS, key)
+        if raw is None:
+            continue
+        ctx.txn.delete(keys.TIMERS, key)
+        timer = codec.unpack(raw)
+        _TIMER_HANDLERS[timer["kind"]](ctx, timer)
+        fired += 1
+    return {"fired": fired}
 
-    current_raw = txn.get(keys.WORKFLOWS, keys.workflow_key(workflow_id))
-    if current_raw is not None:
-        current = codec.unpack(current_raw)
-        if current["request_id"] == request_id:
-            # A retry of the start that created this run: same answer, nothing new.
-            return {"run_id": current["run_id"], "started": False}
-        _make_room_for_new_run(txn, current, policy, time_ms)
 
-    queue = keys.workflow_queue_name(workflow_type)
-    seq = _enqueue(txn, queue, {"kind": "workflow_task", "workflow_id": workflow_id,
-                                "run_id": run_id, "enqueued_ms": time_ms})
-    record = {
-        "workflow_id": workflow_id, "run_id": run_id, "workflow_type": workflow_type,
-        "status": model.RUNNING, "start_time_ms": time_ms, "close_time_ms": None,
-        "request_id": request_id, "attempt": 1, "history_length": 1,
-        "queue": queue, "queue_seq": seq, "result": None, "failure": None,
-    }
-    txn.put(keys.WORKFLOWS, keys.workflow_key(workflow_id), codec.pack(record))
-    _append_history(txn, workflow_id, run_id, 1, {
-        "type": "WorkflowExecutionStarted", "time_ms": time_ms,
-        "workflow_type": workflow_type, "input": payload, "request_id": request_id,
-    })
-    return {"run_id": run_id, "started": True}
-
+_TIMER_HANDLERS = {
+    c.TIMER_TASK_RETRY: sm_tasks.retry_due,
+    c.TIMER_START_TO_CLOSE: sm_tasks.timed_out,
+    c.TIMER_HEARTBEAT: sm_tasks.timed_out,
+    c.TIMER_SCHEDULE_TO_START: sm_tasks.timed_out,
+    c.TIMER_WFT_RETRY: sm_workflows.backoff_over,
+    c.TIMER_WORKFLOW_RETRY: sm_workflows.backoff_over,
+    c.TIMER_EXECUTION_TIMEOUT: sm_workflows.execution_timed_out,
+}
 
 _HANDLERS = {
-    commands.START_WORKFLOW: _start_workflow,
+    commands.START_WORKFLOW: sm_workflows.start,
     commands.BARRIER: _barrier,
+    commands.CANCEL_WORKFLOW: sm_workflows.cancel,
+    commands.TERMINATE_WORKFLOW: sm_workflows.terminate,
+    commands.REGISTER_SUPERVISOR: sm_supervisors.register,
+    commands.EXPIRE_SUPERVISOR: sm_supervisors.expire,
+    commands.ASSIGN: sm_supervisors.assign,
+    commands.COMPLETE: sm_supervisors.complete,
+    commands.TASK_HEARTBEAT: sm_supervisors.heartbeat,
+    commands.FIRE_TIMERS: _fire_timers,
 }
 assert set(_HANDLERS) == set(commands.KINDS)
 
@@ -110,80 +117,11 @@ def _time_ms(body: dict) -> int:
     return time_ms
 
 
-def _make_room_for_new_run(txn: Txn, current: dict, policy: str, time_ms: int) -> None:
-    """Apply the reuse policy to the workflow's current run, or raise AlreadyExists."""
-    workflow_id, status = current["workflow_id"], current["status"]
-    if status == model.RUNNING:
-        if policy != model.TERMINATE_IF_RUNNING:
-            raise AlreadyExists(
-                f"workflow {workflow_id!r} is already running (run {current['run_id']}); "
-                f"reuse policy {policy} does not allow a second run",
-                workflow_id=workflow_id, run_id=current["run_id"])
-        _close_run(txn, current, model.TERMINATED, time_ms,
-                   reason="terminated by a new start with TERMINATE_IF_RUNNING")
-    elif policy == model.REJECT_DUPLICATE or (
-            policy == model.ALLOW_DUPLICATE_FAILED_ONLY
-            and status not in model.UNSUCCESSFUL_STATUSES):
-        raise AlreadyExists(
-            f"workflow {workflow_id!r} already ran (run {current['run_id']}, {status}); "
-            f"reuse policy {policy} does not allow another run",
-            workflow_id=workflow_id, run_id=current["run_id"])
-    txn.put(keys.RUNS, keys.run_key(workflow_id, current["run_id"]), codec.pack(current))
-
-
-def _close_run(txn: Txn, record: dict, status: str, time_ms: int, reason: str) -> None:
-    if record.get("queue_seq") is not None:
-        _dequeue(txn, record["queue"], record["queue_seq"])
-        record["queue_seq"] = None
-    record["status"] = status
-    record["close_time_ms"] = time_ms
-    record["failure"] = {"message": reason} if status != model.COMPLETED else None
-    record["history_length"] += 1
-    _append_history(txn, record["workflow_id"], record["run_id"], record["history_length"], {
-        "type": "WorkflowExecution" + status.title().replace("_", ""), "time_ms": time_ms,
-        "reason": reason,
-    })
-
-
-def _append_history(txn: Txn, workflow_id: str, run_id: str, event_id: int, event: dict) -> None:
-    event = dict(event, event_id=event_id)
-    txn.put(keys.HISTORY, keys.history_key(workflow_id, run_id, event_id), codec.pack(event))
-
-
-def _next_counter(txn: Txn, key: bytes) -> int:
-    raw = txn.get(keys.META, key)
-    value = keys.from_u64(raw) if raw else 0
-    txn.put(keys.META, key, keys.u64(value + 1))
-    return value
-
-
-def _add_depth(txn: Txn, queue: str, delta: int) -> None:
-    raw = txn.get(keys.QUEUE_COUNTS, queue.encode())
-    depth = (keys.from_u64(raw) if raw else 0) + delta
-    assert depth >= 0, queue
-    if depth:
-        txn.put(keys.QUEUE_COUNTS, queue.encode(), keys.u64(depth))
-    else:
-        txn.delete(keys.QUEUE_COUNTS, queue.encode())
-
-
-def _enqueue(txn: Txn, queue: str, entry: dict) -> int:
-    seq = _next_counter(txn, keys.META_QUEUE_SEQ)
-    txn.put(keys.QUEUES, keys.queue_key(queue, seq), codec.pack(entry))
-    _add_depth(txn, queue, +1)
-    return seq
-
-
-def _dequeue(txn: Txn, queue: str, seq: int) -> None:
-    if txn.delete(keys.QUEUES, keys.queue_key(queue, seq)):
-        _add_depth(txn, queue, -1)
-
-
 def _remember_request(txn: Txn, request_id: str, time_ms: int, result: dict) -> None:
     txn.put(keys.REQUESTS, keys.request_key(request_id),
             codec.pack({"time_ms": time_ms, "result": result}))
     txn.put(keys.REQUESTS_BY_TIME, keys.request_time_key(time_ms, request_id), b"")
-    _next_counter(txn, META_REQUESTS_COUNT)
+    c.next_counter(txn, META_REQUESTS_COUNT)
 
 
 META_REQUESTS_COUNT = b"requests_count"

@@ -19,18 +19,20 @@ REJECT_DUPLICATE: WorkflowIdReusePolicy
 TERMINATE_IF_RUNNING: WorkflowIdReusePolicy
 
 class StartWorkflowRequest(_message.Message):
-    __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id")
+    __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id", "execution_timeout_ms")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     REUSE_POLICY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     workflow_type: str
     input: bytes
     reuse_policy: WorkflowIdReusePolicy
     request_id: str
-    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., reuse_policy: _Optional[_Union[WorkflowIdReusePolicy, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    execution_timeout_ms: int
+    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., reuse_policy: _Optional[_Union[WorkflowIdReusePolicy, str]] = ..., request_id: _Optional[str] = ..., execution_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class StartWorkflowResponse(_message.Message):
     __slots__ = ("run_id", "started", "shard")
@@ -103,6 +105,74 @@ class ListWorkflowsResponse(_message.Message):
     workflows: _containers.RepeatedCompositeFieldContainer[WorkflowInfo]
     next_page_token: bytes
     def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., next_page_token: _Optional[bytes] = ...) -> None: ...
+
+class CancelWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "reason", "request_id")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    reason: str
+    request_id: str
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CancelWorkflowResponse(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class TerminateWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "reason", "request_id")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    reason: str
+    request_id: str
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class TerminateWorkflowResponse(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetWorkflowHistoryRequest(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "after_event_id", "page_size")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    after_event_id: int
+    page_size: int
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., after_event_id: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class GetWorkflowHistoryResponse(_message.Message):
+    __slots__ = ("run_id", "events", "more")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    events: _containers.RepeatedScalarFieldContainer[bytes]
+    more: bool
+    def __init__(self, run_id: _Optional[str] = ..., events: _Optional[_Iterable[bytes]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class WaitWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "wait_ms")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    wait_ms: int
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()
@@ -207,21 +277,35 @@ class GetLocalStatusResponse(_message.Message):
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     def __init__(self, node_id: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
 
+class RunningItem(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "task_key", "attempt")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    task_key: str
+    attempt: int
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
 class SupervisorHello(_message.Message):
-    __slots__ = ("supervisor_id", "build_id", "workflow_types", "task_types", "slots", "shard")
+    __slots__ = ("supervisor_id", "build_id", "workflow_types", "task_types", "slots", "shard", "running")
     SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     supervisor_id: str
     build_id: str
     workflow_types: _containers.RepeatedScalarFieldContainer[str]
     task_types: _containers.RepeatedScalarFieldContainer[str]
     slots: int
     shard: int
-    def __init__(self, supervisor_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflow_types: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+    running: _containers.RepeatedCompositeFieldContainer[RunningItem]
+    def __init__(self, supervisor_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflow_types: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., shard: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ...) -> None: ...
 
 class Credit(_message.Message):
     __slots__ = ("slots",)
@@ -238,16 +322,18 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_ms: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskHeartbeat, _Mapping]]] = ...) -> None: ...
 
 class TaskHeartbeat(_message.Message):
-    __slots__ = ("workflow_id", "task_key", "attempt", "details")
+    __slots__ = ("workflow_id", "task_key", "attempt", "details", "run_id")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_KEY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     task_key: str
     attempt: int
     details: bytes
-    def __init__(self, workflow_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., details: _Optional[bytes] = ...) -> None: ...
+    run_id: str
+    def __init__(self, workflow_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., details: _Optional[bytes] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("request_id", "workflow_id", "run_id", "task_key", "attempt", "result", "failure", "workflow_commands")
@@ -300,7 +386,7 @@ class SupervisorMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[SupervisorHello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., completions: _Optional[_Union[CompletionBatch, _Mapping]] = ...) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("workflow_id", "run_id", "task_key", "type_name", "attempt", "lease_deadline_ms", "input")
+    __slots__ = ("workflow_id", "run_id", "task_key", "type_name", "attempt", "lease_deadline_ms", "input", "history", "workflow_attempt", "start_time_ms", "idempotency_key", "heartbeat_details", "start_to_close_timeout_ms")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +394,12 @@ class Dispatch(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_DETAILS_FIELD_NUMBER: _ClassVar[int]
+    START_TO_CLOSE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     run_id: str
     task_key: str
@@ -315,22 +407,60 @@ class Dispatch(_message.Message):
     attempt: int
     lease_deadline_ms: int
     input: bytes
-    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., type_name: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., input: _Optional[bytes] = ...) -> None: ...
+    history: bytes
+    workflow_attempt: int
+    start_time_ms: int
+    idempotency_key: str
+    heartbeat_details: bytes
+    start_to_close_timeout_ms: int
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., type_name: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., input: _Optional[bytes] = ..., history: _Optional[bytes] = ..., workflow_attempt: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., heartbeat_details: _Optional[bytes] = ..., start_to_close_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class Dispatches(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Dispatch]
+    def __init__(self, items: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("request_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CompletionAcks(_message.Message):
     __slots__ = ("request_ids", "rejected")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
-    rejected: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class SessionAccepted(_message.Message):
+    __slots__ = ("lease_ms", "payload_bytes_max")
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_MAX_FIELD_NUMBER: _ClassVar[int]
+    lease_ms: int
+    payload_bytes_max: int
+    def __init__(self, lease_ms: _Optional[int] = ..., payload_bytes_max: _Optional[int] = ...) -> None: ...
 
 class FlowMessage(_message.Message):
-    __slots__ = ("dispatch", "acks", "not_leader_hint")
-    DISPATCH_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("dispatches", "acks", "not_leader_hint", "accepted", "cancel")
+    DISPATCHES_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     NOT_LEADER_HINT_FIELD_NUMBER: _ClassVar[int]
-    dispatch: Dispatch
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    dispatches: Dispatches
     acks: CompletionAcks
     not_leader_hint: str
-    def __init__(self, dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., acks: _Optional[_Union[CompletionAcks, _Mapping]] = ..., not_leader_hint: _Optional[str] = ...) -> None: ...
+    accepted: SessionAccepted
+    cancel: RunningItems
+    def __init__(self, dispatches: _Optional[_Union[Dispatches, _Mapping]] = ..., acks: _Optional[_Union[CompletionAcks, _Mapping]] = ..., not_leader_hint: _Optional[str] = ..., accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., cancel: _Optional[_Union[RunningItems, _Mapping]] = ...) -> None: ...
+
+class RunningItems(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RunningItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ...) -> None: ...

@@ -63,6 +63,26 @@ class FlowStub:
                 request_serializer=coda_dot_api_dot_flow__pb2.GetShardMapRequest.SerializeToString,
                 response_deserializer=coda_dot_api_dot_flow__pb2.GetShardMapResponse.FromString,
                 _registered_method=True)
+        self.CancelWorkflow = channel.unary_unary(
+                '/coda.api.v1.Flow/CancelWorkflow',
+                request_serializer=coda_dot_api_dot_flow__pb2.CancelWorkflowRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.CancelWorkflowResponse.FromString,
+                _registered_method=True)
+        self.TerminateWorkflow = channel.unary_unary(
+                '/coda.api.v1.Flow/TerminateWorkflow',
+                request_serializer=coda_dot_api_dot_flow__pb2.TerminateWorkflowRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.TerminateWorkflowResponse.FromString,
+                _registered_method=True)
+        self.GetWorkflowHistory = channel.unary_unary(
+                '/coda.api.v1.Flow/GetWorkflowHistory',
+                request_serializer=coda_dot_api_dot_flow__pb2.GetWorkflowHistoryRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.GetWorkflowHistoryResponse.FromString,
+                _registered_method=True)
+        self.WaitWorkflow = channel.unary_unary(
+                '/coda.api.v1.Flow/WaitWorkflow',
+                request_serializer=coda_dot_api_dot_flow__pb2.WaitWorkflowRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.DescribeWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class FlowServicer:
@@ -103,6 +123,33 @@ class FlowServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelWorkflow(self, request, context):
+        """Graceful: the workflow sees CancelledError at its current await and may clean up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TerminateWorkflow(self, request, context):
+        """Immediate: the run closes TERMINATED; no workflow code runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflowHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitWorkflow(self, request, context):
+        """Long poll: answers once the run is closed, or with its current state after wait_ms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +177,26 @@ def add_FlowServicer_to_server(servicer, server):
                     servicer.GetShardMap,
                     request_deserializer=coda_dot_api_dot_flow__pb2.GetShardMapRequest.FromString,
                     response_serializer=coda_dot_api_dot_flow__pb2.GetShardMapResponse.SerializeToString,
+            ),
+            'CancelWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelWorkflow,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.CancelWorkflowRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.CancelWorkflowResponse.SerializeToString,
+            ),
+            'TerminateWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.TerminateWorkflow,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.TerminateWorkflowRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.TerminateWorkflowResponse.SerializeToString,
+            ),
+            'GetWorkflowHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflowHistory,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.GetWorkflowHistoryRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.GetWorkflowHistoryResponse.SerializeToString,
+            ),
+            'WaitWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitWorkflow,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.WaitWorkflowRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.DescribeWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -281,6 +348,114 @@ class Flow:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CancelWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/CancelWorkflow',
+            coda_dot_api_dot_flow__pb2.CancelWorkflowRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.CancelWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TerminateWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/TerminateWorkflow',
+            coda_dot_api_dot_flow__pb2.TerminateWorkflowRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.TerminateWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflowHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/GetWorkflowHistory',
+            coda_dot_api_dot_flow__pb2.GetWorkflowHistoryRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.GetWorkflowHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/WaitWorkflow',
+            coda_dot_api_dot_flow__pb2.WaitWorkflowRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.DescribeWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class PeerStub:
     """---------------------------------------------------------------------------------------
@@ -412,9 +587,13 @@ class Peer:
 
 class SupervisorSessionsStub:
     """---------------------------------------------------------------------------------------
-    Supervisors (the durable-execution issue fills these in). A supervisor opens one
-    Session stream per shard leader. Flow pushes dispatches bounded by the credits the
-    supervisor grants; the supervisor sends heartbeats and batched completions.
+    Supervisors. A supervisor opens one Session stream per shard leader and says hello; the
+    leader answers `accepted` (or `not_leader_hint` and ends the stream). Flow pushes
+    dispatches bounded by the credits the supervisor grants; each dispatch is an assignment
+    committed with its attempt number before it is sent. The supervisor sends heartbeats
+    (its lease, and task heartbeats) and batched completions, each acked or rejected by
+    request id. A supervisor whose lease passes is declared dead by a committed command and
+    its work goes back to the queues.
     ---------------------------------------------------------------------------------------
 
     """
@@ -434,9 +613,13 @@ class SupervisorSessionsStub:
 
 class SupervisorSessionsServicer:
     """---------------------------------------------------------------------------------------
-    Supervisors (the durable-execution issue fills these in). A supervisor opens one
-    Session stream per shard leader. Flow pushes dispatches bounded by the credits the
-    supervisor grants; the supervisor sends heartbeats and batched completions.
+    Supervisors. A supervisor opens one Session stream per shard leader and says hello; the
+    leader answers `accepted` (or `not_leader_hint` and ends the stream). Flow pushes
+    dispatches bounded by the credits the supervisor grants; each dispatch is an assignment
+    committed with its attempt number before it is sent. The supervisor sends heartbeats
+    (its lease, and task heartbeats) and batched completions, each acked or rejected by
+    request id. A supervisor whose lease passes is declared dead by a committed command and
+    its work goes back to the queues.
     ---------------------------------------------------------------------------------------
 
     """
@@ -465,9 +648,13 @@ def add_SupervisorSessionsServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SupervisorSessions:
     """---------------------------------------------------------------------------------------
-    Supervisors (the durable-execution issue fills these in). A supervisor opens one
-    Session stream per shard leader. Flow pushes dispatches bounded by the credits the
-    supervisor grants; the supervisor sends heartbeats and batched completions.
+    Supervisors. A supervisor opens one Session stream per shard leader and says hello; the
+    leader answers `accepted` (or `not_leader_hint` and ends the stream). Flow pushes
+    dispatches bounded by the credits the supervisor grants; each dispatch is an assignment
+    committed with its attempt number before it is sent. The supervisor sends heartbeats
+    (its lease, and task heartbeats) and batched completions, each acked or rejected by
+    request id. A supervisor whose lease passes is declared dead by a committed command and
+    its work goes back to the queues.
     ---------------------------------------------------------------------------------------
 
     """

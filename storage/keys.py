@@ -16,10 +16,16 @@ Integers in keys are 8-byte big-endian so that byte order is numeric order.
     state           workflow_id NUL key -> value
     requests        request_id -> {time_ms, result}    (idempotent retries)
     requests_by_time u64 time_ms NUL request_id -> b""  (prunes the one above)
+    tasks           workflow_id NUL run_id NUL task_key -> task record
+    assignments     supervisor_id NUL digest(workflow_id, run_id, task_key) ->
+                    {workflow_id, run_id, key, attempt} (key empty: a workflow task)
+    supervisors     supervisor_id -> {build_id, workflow_types, task_types, registered_ms}
+    declared_types  b"wf" NUL name / b"task" NUL name -> b"" (every type a supervisor declared)
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 SEP = b"\x00"
@@ -34,9 +40,13 @@ TIMERS = "timers"
 STATE = "state"
 REQUESTS = "requests"
 REQUESTS_BY_TIME = "requests_by_time"
+TASKS = "tasks"
+ASSIGNMENTS = "assignments"
+SUPERVISORS = "supervisors"
+DECLARED_TYPES = "declared_types"
 
 ALL_DBS = (META, WORKFLOWS, RUNS, HISTORY, QUEUES, QUEUE_COUNTS, TIMERS, STATE, REQUESTS,
-           REQUESTS_BY_TIME)
+           REQUESTS_BY_TIME, TASKS, ASSIGNMENTS, SUPERVISORS, DECLARED_TYPES)
 
 META_APPLIED_INDEX = b"applied_index"
 META_SHARD_ID = b"shard_id"
@@ -88,6 +98,37 @@ def task_queue_name(task_type: str) -> str:
 
 def timer_key(fire_time_ms: int, workflow_id: str, timer_id: str) -> bytes:
     return u64(fire_time_ms) + SEP + workflow_id.encode() + SEP + timer_id.encode()
+
+
+def timer_fire_ms(key: bytes) -> int:
+    return from_u64(key[:8])
+
+
+def task_key(workflow_id: str, run_id: str, key: str) -> bytes:
+    return run_key(workflow_id, run_id) + SEP + key.encode()
+
+
+def tasks_prefix(workflow_id: str, run_id: str) -> bytes:
+    return run_key(workflow_id, run_id) + SEP
+
+
+def digest(*parts: str) -> str:
+    """A short stable name for a tuple of ids, where the ids together would not fit an
+    LMDB key (511 bytes). 16 bytes of blake2b: collisions are not a practical concern."""
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def assignment_key(supervisor_id: str, workflow_id: str, run_id: str, key: str) -> bytes:
+    """The value holds the ids; the key only has to be unique per supervisor."""
+    return supervisor_id.encode() + SEP + digest(workflow_id, run_id, key).encode()
+
+
+def assignment_prefix(supervisor_id: str) -> bytes:
+    return supervisor_id.encode() + SEP
+
+
+def declared_type_key(kind: str, name: str) -> bytes:
+    return kind.encode() + SEP + name.encode()
 
 
 def state_key(workflow_id: str, key: str) -> bytes:

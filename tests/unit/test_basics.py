@@ -209,7 +209,8 @@ def test_commands_round_trip():
     cmd = commands.decode(data)
     assert cmd == commands.Command(commands.START_WORKFLOW, {
         "request_id": "r", "time_ms": 5, "workflow_id": "w", "workflow_type": "t",
-        "input": b"\x90", "run_id": "run", "reuse_policy": "REJECT_DUPLICATE"})
+        "input": b"\x90", "run_id": "run", "reuse_policy": "REJECT_DUPLICATE",
+        "execution_timeout_ms": 0, "allow_undeclared_type": True})
     assert commands.decode(bytearray(commands.barrier(time_ms=7))) == commands.Command(
         commands.BARRIER, {"time_ms": 7})
 

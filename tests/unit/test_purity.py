@@ -38,7 +38,9 @@ FORBIDDEN = frozenset({
 PURE = frozenset({
     "coda.flow.state_machine", "coda.flow.queries", "coda.flow.commands", "coda.flow.validate",
     "coda.flow.model", "coda.flow.limits", "coda.flow.sharding", "coda.storage.keys",
-    "coda.storage.codec", "coda.storage.txn", "coda.errors",
+    "coda.storage.codec", "coda.storage.txn", "coda.errors", "coda.flow.retry",
+    "coda.flow.sm_common", "coda.flow.sm_tasks", "coda.flow.sm_workflows",
+    "coda.flow.sm_supervisors",
 })
 
 
@@ -187,7 +189,8 @@ def test_the_walk_follows_the_real_imports(walker):
     assert set(walk.files) == {
         "coda.flow.state_machine", "coda.flow.commands", "coda.flow.limits", "coda.flow.model",
         "coda.flow.validate", "coda.storage.codec", "coda.storage.keys", "coda.storage.txn",
-        "coda.errors"}
+        "coda.errors", "coda.flow.retry", "coda.flow.sm_common", "coda.flow.sm_tasks",
+        "coda.flow.sm_workflows", "coda.flow.sm_supervisors"}
     assert walk.files["coda.flow.state_machine"] == ROOT / "flow" / "state_machine.py"
     assert walk.files["coda.errors"] == ROOT / "coda_root" / "errors.py"
     externals = {name for _, name in walk.external}

@@ -9,6 +9,7 @@ import coda
 from coda.client.sdk import definition_of
 from coda.client.workflow_runtime import NonDeterminismError, RunInfo, WorkflowRun
 from coda.errors import InvalidArgument
+from coda.flow import limits
 from coda.storage import codec
 
 INFO = RunInfo(workflow_id="ev-1", run_id="r1", start_time_ms=1_700_000_000_000)
@@ -53,7 +54,7 @@ def test_tasks_are_scheduled_one_at_a_time_and_the_result_completes_the_workflow
     run = run_of(process_event, ARGS)
     [first] = run.advance([])
     assert first["type"] == "ScheduleTask" and first["task"] == "normalize"
-    assert first["key"].startswith("normalize:") and first["options"]["retry"]["maximum_attempts"] == 5
+    assert first["key"].startswith("c:") and len(first["key"]) <= limits.task_key_bytes_max and first["options"]["retry"]["maximum_attempts"] == 5
     assert codec.unpack(first["args"]) == ARGS
     assert first["idempotency_key"] == f"ev-1/{first['key']}"
     assert run.advance([]) == []  # still waiting: nothing new

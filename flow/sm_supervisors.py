@@ -1,0 +1,162 @@
+"""Supervisors, assignments and completions in the shard state machine (pure).
+
+The leader's dispatcher proposes `assign` with queue entries it picked; apply re-checks
+each one (a queue entry can be gone or stale by then) and commits the assignment with its
+attempt. A supervisor's registration (every session's hello) says what it still runs:
+any other assignment of it was lost in transit and is re-queued. A supervisor whose lease
+passed is expired by the leader: all its assignments are re-queued under their policies.
+"""
+
+from __future__ import annotations
+
+from coda.errors import InvalidArgument, NotFound
+from coda.flow import limits, validate
+from coda.flow import sm_common as c
+from coda.flow import sm_tasks, sm_workflows
+from coda.storage import codec, keys
+
+
+def supervisor_id(value) -> str:
+    return validate.identifier(value, "supervisor_id", limits.supervisor_id_bytes_max)
+
+
+def _types(value, field: str) -> list[str]:
+    if not isinstance(value, list) or len(value) > limits.types_per_supervisor_max:
+        raise InvalidArgument(f"{field} must be a list of at most "
+                              f"{limits.types_per_supervisor_max} names", field=field)
+    return [validate.type_name(name, field) for name in value]
+
+
+def register(ctx: c.Ctx, body: dict) -> dict:
+    sid = supervisor_id(body.get("supervisor_id"))
+    workflow_types = _types(body.get("workflow_types", []), "workflow_types")
+    task_types = _types(body.get("task_types", []), "task_types")
+    running = body.get("running", [])
+    if not isinstance(running, list) or len(running) > limits.running_items_per_hello_max:
+        raise InvalidArgument("running must be a list of [workflow_id, run_id, key, attempt]",
+                              field="running")
+    still = {tuple(item) for item in running if isinstance(item, list) and len(item) == 4}
+    ctx.txn.put(keys.SUPERVISORS, sid.encode(), codec.pack({
+        "build_id": str(body.get("build_id") or "")[:255], "workflow_types": workflow_types,
+        "task_types": task_types, "registered_ms": ctx.time_ms}))
+    for kind, names in (("wf", workflow_types), ("task", task_types)):
+        for name in names:
+            ctx.txn.put(keys.DECLARED_TYPES, keys.declared_type_key(kind, name), b"")
+    requeued = 0
+    for assignment in c.assignments_of(ctx.txn, sid):
+        item = (assignment["workflow_id"], assignment["run_id"], assignment["key"],
+                assignment["attempt"])
+        if item not in still:
+            _lost(ctx, sid, assignment, "DispatchLost")
+            requeued += 1
+    return {"requeued": requeued}
+
+
+def expire(ctx: c.Ctx, body: dict) -> dict:
+    sid = supervisor_id(body.get("supervisor_id"))
+    lost = c.assignments_of(ctx.txn, sid)
+    for assignment in lost:
+        _lost(ctx, sid, assignment, "SupervisorLost")
+    ctx.txn.delete(keys.SUPERVISORS, sid.encode())
+    return {"requeued": len(lost)}
+
+
+def _lost(ctx: c.Ctx, sid: str, assignment: dict, reason: str) -> None:
+    if assignment["key"] == c.WFT:
+        sm_workflows.wft_lost(ctx, assignment, reason)
+    else:
+        sm_tasks.lost(ctx, assignment, reason)
+    # Also when the item had moved on (the handlers then change nothing): this supervisor
+    # no longer holds it.
+    ctx.txn.delete(keys.ASSIGNMENTS, keys.assignment_key(
+        sid, assignment["workflow_id"], assignment["run_id"], assignment["key"]))
+
+
+def assign(ctx: c.Ctx, body: dict) -> dict:
+    sid = supervisor_id(body.get("supervisor_id"))
+    if ctx.txn.get(keys.SUPERVISORS, sid.encode()) is None:
+        raise NotFound(f"supervisor {sid!r} is not registered on this shard", supervisor_id=sid)
+    items = body.get("items")
+    if not isinstance(items, list) or len(items) > limits.assign_items_max:
+        raise InvalidArgument(f"assign items must be a list of at most {limits.assign_items_max}",
+                              field="items")
+    assigned = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and type(item[1]) is int):
+            raise InvalidArgument("an assign item is [queue, seq]", field="items")
+        queue, seq = item
+        raw = ctx.txn.get(keys.QUEUES, keys.queue_key(queue, seq))
+        if raw is None:
+            continue
+        entry = codec.unpack(raw)
+        handler = sm_workflows.assign if entry["kind"] == "wft" else sm_tasks.assign
+        done = handler(ctx, sid, entry, queue, seq)
+        if done is not None:
+            assigned.append(done)
+    return {"assigned": assigned}
+
+
+def complete(ctx: c.Ctx, body: dict) -> dict:
+    """One completion from a supervisor: a workflow task's commands or failure, a task's
+    result or failure. A stale one is answered {rejected: why} (final, changes nothing)."""
+    wid = validate.workflow_id(body.get("workflow_id"))
+    run_id = validate.run_id(body.get("run_id"))
+    key = body.get("key", c.WFT)
+    attempt = body.get("attempt")
+    if not isinstance(key, str) or type(attempt) is not int:
+        raise InvalidArgument("a completion needs a task key and an integer attempt",
+                              field="attempt")
+    if key == c.WFT:
+        record, why = sm_workflows.running_wft(ctx, wid, run_id, attempt)
+        if record is None:
+            return {"rejected": why}
+        if "commands" in body:
+            sm_workflows.complete_wft(ctx, record, body["commands"])
+        else:
+            sm_workflows.fail_wft(ctx, record, _failure(body.get("failure")))
+        return {"accepted": True}
+    found, why = sm_tasks.running_attempt(ctx, wid, run_id, key, attempt)
+    if found is None:
+        return {"rejected": why}
+    task, record = found
+    if "result" in body:
+        result = body["result"]
+        if not isinstance(result, bytes) or len(result) > limits.payload_bytes_max:
+            sm_tasks.attempt_failed(ctx, task, record, {
+                "type": "PayloadError", "message": f"the result of task {task['task']} is "
+                f"not msgpack bytes within {limits.payload_bytes_max} bytes"}, retryable=False)
+        else:
+            sm_tasks.complete(ctx, task, record, result)
+    else:
+        failure = _failure(body.get("failure"))
+        sm_tasks.attempt_failed(ctx, task, record, failure,
+                                retryable=not failure.pop("non_retryable", False))
+    sm_workflows.wake(ctx, record)
+    c.save_workflow(ctx.txn, record)
+    return {"accepted": True}
+
+
+def _failure(failure) -> dict:
+    if not isinstance(failure, dict):
+        failure = {}
+    return {"type": str(failure.get("type") or "Error")[:255],
+            "message": str(failure.get("message") or "")[:8192],
+            "stack": str(failure.get("stack") or "")[:16384],
+            "non_retryable": bool(failure.get("non_retryable"))}
+
+
+def heartbeat(ctx: c.Ctx, body: dict) -> dict:
+    wid = validate.workflow_id(body.get("workflow_id"))
+    run_id = validate.run_id(body.get("run_id"))
+    found, why = sm_tasks.running_attempt(ctx, wid, run_id, str(body.get("key")),
+                                          body.get("attempt"))
+    if found is None:
+        return {"rejected": why}
+    details = body.get("details")
+    if details is not None and (not isinstance(details, bytes)
+                                or len(details) > limits.task_heartbeat_details_bytes_max):
+        raise InvalidArgument("heartbeat details must be msgpack bytes within "
+                              f"{limits.task_heartbeat_details_bytes_max} bytes", field="details")
+    sm_tasks.heartbeat(ctx, found[0], details)
+    return {"accepted": True}

@@ -1,0 +1,336 @@
+"""Workflow runs and workflow tasks in the shard state machine (pure).
+
+A run's record (`workflows` db) holds its status, its workflow attempt (retries replay
+the same history), and the state of its workflow task ("wft"):
+
+    None ──events──▶ queued ──assign──▶ running ──commands──▶ None (or queued again if
+                       ▲                    │ failure            events came meanwhile)
+                       └───timer─────── backoff
+
+`wft_needed` says the history has events no dispatched workflow task has seen. The
+commands of a workflow task are applied in one command: tasks scheduled, the run closed,
+or the workflow retried — atomically with the `WorkflowTaskCompleted` marker that tells
+replay how much history that workflow task saw.
+"""
+
+from __future__ import annotations
+
+from coda.errors import AlreadyExists, InvalidArgument, NotFound
+from coda.flow import limits, model, retry, validate
+from coda.flow import sm_common as c
+from coda.flow import sm_tasks
+from coda.storage import codec, keys
+
+
+# --- starting and closing ----------------------------------------------------------------
+
+def start(ctx: c.Ctx, body: dict) -> dict:
+    workflow_id = validate.workflow_id(body.get("workflow_id"))
+    workflow_type = validate.type_name(body.get("workflow_type"))
+    run_id = validate.run_id(body.get("run_id"))
+    request_id = validate.request_id(body.get("request_id"))
+    policy = body.get("reuse_policy", model.ALLOW_DUPLICATE)
+    if not isinstance(policy, str) or policy not in model.REUSE_POLICIES:
+        raise InvalidArgument(f"unknown workflow id reuse policy {policy!r}; "
+                              f"one of {', '.join(model.REUSE_POLICIES)}", field="reuse_policy")
+    payload = body.get("input")
+    if not isinstance(payload, bytes) or len(payload) > limits.payload_bytes_max:
+        raise InvalidArgument("workflow input must be msgpack bytes within the payload limit",
+                              field="input")
+    timeout_ms = body.get("execution_timeout_ms") or 0
+    if type(timeout_ms) is not int or timeout_ms < 0:
+        raise InvalidArgument("execution_timeout_ms must be a non-negative integer",
+                              field="execution_timeout_ms")
+    if not body.get("allow_undeclared_type", True) and not c.is_declared(
+            ctx.txn, "wf", workflow_type):
+        raise NotFound(f"no supervisor has declared workflow type {workflow_type!r}; start a "
+                       "supervisor for the module that defines it (or allow undeclared types)",
+                       workflow_type=workflow_type)
+
+    current = c.load_workflow(ctx.txn, workflow_id)
+    if current is not None:
+        if current["request_id"] == request_id:
+            # A retry of the start that created this run: same answer, nothing new.
+            return {"run_id": current["run_id"], "started": False}
+        _make_room_for_new_run(ctx, current, policy)
+
+    record = {
+        "workflow_id": workflow_id, "run_id": run_id, "workflow_type": workflow_type,
+        "status": model.RUNNING, "start_time_ms": ctx.time_ms, "close_time_ms": None,
+        "request_id": request_id, "attempt": 1, "history_length": 0,
+        "queue": keys.workflow_queue_name(workflow_type), "queue_seq": None,
+        "result": None, "failure": None, "wft": None, "wft_attempt": 0, "wft_needed": True,
+        "wft_failures": 0, "open_tasks": 0, "cancel_requested": False, "timers": [],
+    }
+    c.append_history(ctx, record, {"type": "WorkflowExecutionStarted",
+                                   "workflow_type": workflow_type, "input": payload,
+                                   "request_id": request_id,
+                                   "execution_timeout_ms": timeout_ms})
+    if timeout_ms:
+        record["timers"].append(c.set_timer(ctx, ctx.time_ms + timeout_ms, workflow_id, {
+            "kind": c.TIMER_EXECUTION_TIMEOUT, "run_id": run_id}))
+    wake(ctx, record)
+    c.save_workflow(ctx.txn, record)
+    return {"run_id": run_id, "started": True}
+
+
+def _make_room_for_new_run(ctx: c.Ctx, current: dict, policy: str) -> None:
+    """Apply the reuse policy to the workflow's current run, or raise AlreadyExists."""
+    workflow_id, status = current["workflow_id"], current["status"]
+    if status == model.RUNNING:
+        if policy != model.TERMINATE_IF_RUNNING:
+            raise AlreadyExists(
+                f"workflow {workflow_id!r} is already running (run {current['run_id']}); "
+                f"reuse policy {policy} does not allow a second run",
+                workflow_id=workflow_id, run_id=current["run_id"])
+        close(ctx, current, model.TERMINATED,
+              failure={"type": "Terminated",
+                       "message": "terminated by a new start with TERMINATE_IF_RUNNING"})
+    elif policy == model.REJECT_DUPLICATE or (
+            policy == model.ALLOW_DUPLICATE_FAILED_ONLY
+            and status not in model.UNSUCCESSFUL_STATUSES):
+        raise AlreadyExists(
+            f"workflow {workflow_id!r} already ran (run {current['run_id']}, {status}); "
+            f"reuse policy {policy} does not allow another run",
+            workflow_id=workflow_id, run_id=current["run_id"])
+    ctx.txn.put(keys.RUNS, keys.run_key(workflow_id, current["run_id"]), codec.pack(current))
+
+
+CLOSING_EVENTS = {model.COMPLETED: "WorkflowExecutionCompleted",
+                  model.FAILED: "WorkflowExecutionFailed",
+                  model.CANCELLED: "WorkflowExecutionCanceled",
+                  model.TERMINATED: "WorkflowExecutionTerminated",
+                  model.TIMED_OUT: "WorkflowExecutionTimedOut"}
+
+
+def close(ctx: c.Ctx, record: dict, status: str, *, result: bytes | None = None,
+          failure: dict | None = None) -> None:
+    """Close the run: its workflow task and timers go, its open tasks are cancelled."""
+    _drop_wft(ctx, record)
+    c.clear_timers(ctx.txn, record.get("timers"))
+    record["timers"] = []
+    sm_tasks.cancel_open(ctx, record)
+    record.update(status=status, close_time_ms=ctx.time_ms, result=result, failure=failure,
+                  wft_needed=False)
+    event = {"type": CLOSING_EVENTS[status]}
+    if result is not None:
+        event["result"] = result
+    if failure is not None:
+        event["failure"] = failure
+    c.append_history(ctx, record, event)
+    ctx.closed.append(record["workflow_id"])
+
+
+# --- workflow tasks ----------------------------------------------------------------------
+
+def wake(ctx: c.Ctx, record: dict) -> None:
+    """Queue a workflow task if the run has unseen events and none is queued or waiting."""
+    if record["status"] != model.RUNNING or not record.get("wft_needed") or record["wft"]:
+        return
+    record["wft_attempt"] += 1
+    seq = c.enqueue(ctx, record["queue"], {
+        "kind": "wft", "workflow_id": record["workflow_id"], "run_id": record["run_id"],
+        "attempt": record["wft_attempt"], "enqueued_ms": ctx.time_ms})
+    record["wft"] = {"state": "queued", "attempt": record["wft_attempt"], "seq": seq}
+    record["queue_seq"] = seq
+
+
+def _drop_wft(ctx: c.Ctx, record: dict) -> None:
+    wft = record.get("wft")
+    if not wft:
+        return
+    if wft["state"] == "queued":
+        c.dequeue(ctx.txn, record["queue"], wft["seq"])
+    elif wft["state"] == "running":
+        c.remove_assignment(ctx.txn, wft["supervisor"], record["workflow_id"],
+                            record["run_id"], c.WFT)
+    elif wft["state"] == "backoff":
+        c.clear_timers(ctx.txn, [wft["timer"]])
+    record["wft"] = None
+    record["queue_seq"] = None
+
+
+def assign(ctx: c.Ctx, supervisor_id: str, entry: dict, queue: str, seq: int) -> dict | None:
+    record = c.current_run(ctx.txn, entry["workflow_id"], entry["run_id"])
+    wft = record and record["wft"]
+    if not wft or wft["state"] != "queued" or wft["attempt"] != entry["attempt"]:
+        return None
+    c.dequeue(ctx.txn, queue, seq)
+    record["wft"] = {"state": "running", "attempt": wft["attempt"], "supervisor": supervisor_id,
+                     "seen": record["history_length"]}
+    record["queue_seq"] = None
+    record["wft_needed"] = False
+    c.add_assignment(ctx.txn, supervisor_id, record["workflow_id"], record["run_id"], c.WFT,
+                     wft["attempt"])
+    c.save_workflow(ctx.txn, record)
+    return {"kind": "wft", "workflow_id": record["workflow_id"], "run_id": record["run_id"],
+            "key": c.WFT, "attempt": wft["attempt"], "history_length": record["history_length"],
+            "workflow_attempt": record["attempt"], "start_time_ms": record["start_time_ms"],
+            "workflow_type": record["workflow_type"]}
+
+
+def running_wft(ctx: c.Ctx, workflow_id: str, run_id: str, attempt: int):
+    """(record, None) if that workflow task attempt is the running one, else (None, why)."""
+    record = c.current_run(ctx.txn, workflow_id, run_id)
+    if record is None:
+        return None, f"run {run_id} of {workflow_id!r} is not running"
+    wft = record["wft"]
+    if not wft or wft["state"] != "running" or wft["attempt"] != attempt:
+        return None, f"stale workflow task attempt {attempt} of {workflow_id!r}"
+    return record, None
+
+
+def _end_wft(ctx: c.Ctx, record: dict) -> None:
+    wft = record["wft"]
+    c.remove_assignment(ctx.txn, wft["supervisor"], record["workflow_id"], record["run_id"], c.WFT)
+    record["wft"] = None
+
+
+def complete_wft(ctx: c.Ctx, record: dict, commands: list) -> None:
+    """Apply a workflow task's commands, after the marker of what it saw."""
+    if not isinstance(commands, list) or len(commands) > limits.workflow_task_commands_max:
+        raise InvalidArgument(f"workflow commands must be a list of at most "
+                              f"{limits.workflow_task_commands_max}", field="workflow_commands")
+    seen = record["wft"]["seen"]
+    _end_wft(ctx, record)
+    record["wft_failures"] = 0
+    record["wft_failure"] = None
+    c.append_history(ctx, record, {"type": "WorkflowTaskCompleted", "seen_event_id": seen,
+                                   "attempt": record["attempt"]})
+    for command in commands:
+        if record["status"] != model.RUNNING:
+            break  # nothing after a closing command counts
+        _apply_workflow_command(ctx, record, command)
+    wake(ctx, record)
+    c.save_workflow(ctx.txn, record)
+
+
+def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
+    kind = command.get("type") if isinstance(command, dict) else None
+    if kind == "ScheduleTask":
+        sm_tasks.schedule(ctx, record, command)
+    elif kind == "CompleteWorkflow":
+        result = command.get("result")
+        if not isinstance(result, bytes) or len(result) > limits.payload_bytes_max:
+            raise InvalidArgument("a workflow result must be msgpack bytes within the payload "
+                                  "limit", field="result")
+        close(ctx, record, model.COMPLETED, result=result)
+    elif kind == "FailWorkflow":
+        _workflow_failed(ctx, record, _error(command.get("error")),
+                         retry.validate(command.get("retry"), "retry"))
+    elif kind == "CancelWorkflow":
+        close(ctx, record, model.CANCELLED, failure={
+            "type": "CancelledError", "message": str(command.get("reason") or "cancelled")[:4096]})
+    else:
+        raise InvalidArgument(f"unknown workflow command {kind!r}", field="workflow_commands")
+
+
+def _error(error) -> dict:
+    if not isinstance(error, dict):
+        error = {}
+    return {"type": str(error.get("type") or "Error")[:255],
+            "message": str(error.get("message") or "")[:8192]}
+
+
+def _workflow_failed(ctx: c.Ctx, record: dict, error: dict, policy: dict) -> None:
+    """The workflow raised: retry it by replay under its policy, or close it FAILED."""
+    if record["cancel_requested"] or not retry.retries_after(policy, record["attempt"],
+                                                             error["type"]):
+        close(ctx, record, model.FAILED, failure=error)
+        return
+    retry_at_ms = ctx.time_ms + retry.delay_ms(policy, record["attempt"])
+    c.append_history(ctx, record, {"type": "WorkflowAttemptFailed", "attempt": record["attempt"],
+                                   "error": error, "retry_at_ms": retry_at_ms})
+    record["attempt"] += 1
+    record["wft_needed"] = True
+    timer = c.set_timer(ctx, retry_at_ms, record["workflow_id"], {
+        "kind": c.TIMER_WORKFLOW_RETRY, "run_id": record["run_id"], "attempt": record["attempt"]})
+    record["wft"] = {"state": "backoff", "attempt": record["wft_attempt"], "timer": timer}
+
+
+def fail_wft(ctx: c.Ctx, record: dict, error: dict) -> None:
+    """The worker could not run the workflow task (non-determinism, a crash, an unknown
+    type): not the workflow's failure. Retried with backoff, so fixed code resumes it."""
+    _end_wft(ctx, record)
+    record["wft_failures"] += 1
+    record["wft_failure"] = error
+    delay_ms = min(limits.workflow_task_retry_initial_ms * 2 ** min(record["wft_failures"] - 1, 16),
+                   limits.workflow_task_retry_max_ms)
+    c.append_history(ctx, record, {"type": "WorkflowTaskFailed", "error": error,
+                                   "retry_at_ms": ctx.time_ms + delay_ms})
+    record["wft_needed"] = True
+    timer = c.set_timer(ctx, ctx.time_ms + delay_ms, record["workflow_id"], {
+        "kind": c.TIMER_WFT_RETRY, "run_id": record["run_id"], "attempt": record["wft_attempt"]})
+    record["wft"] = {"state": "backoff", "attempt": record["wft_attempt"], "timer": timer}
+    c.save_workflow(ctx.txn, record)
+
+
+def wft_lost(ctx: c.Ctx, assignment: dict, reason: str) -> None:
+    record, _ = running_wft(ctx, assignment["workflow_id"], assignment["run_id"],
+                            assignment["attempt"])
+    if record is None:
+        return
+    # Not the code's fault: queue it again at once.
+    _end_wft(ctx, record)
+    record["wft_needed"] = True
+    wake(ctx, record)
+    c.save_workflow(ctx.txn, record)
+
+
+def backoff_over(ctx: c.Ctx, timer: dict) -> None:
+    """A workflow retry or workflow-task retry timer fired: queue the workflow task."""
+    record = c.current_run(ctx.txn, timer["workflow_id"], timer["run_id"])
+    if record is None or not record["wft"] or record["wft"]["state"] != "backoff":
+        return
+    record["wft"] = None
+    wake(ctx, record)
+    c.save_workflow(ctx.txn, record)
+
+
+def execution_timed_out(ctx: c.Ctx, timer: dict) -> None:
+    record = c.current_run(ctx.txn, timer["workflow_id"], timer["run_id"])
+    if record is None:
+        return
+    record["timers"] = []
+    close(ctx, record, model.TIMED_OUT, failure={
+        "type": "WorkflowExecutionTimeout", "message": "the workflow ran past its execution "
+        f"timeout of {ctx.time_ms - record['start_time_ms']} ms"})
+    c.save_workflow(ctx.txn, record)
+
+
+# --- cancel and terminate ----------------------------------------------------------------
+
+def _target_run(ctx: c.Ctx, body: dict) -> dict:
+    workflow_id = validate.workflow_id(body.get("workflow_id"))
+    record = c.load_workflow(ctx.txn, workflow_id)
+    if record is None:
+        raise NotFound(f"workflow {workflow_id!r} not found", workflow_id=workflow_id)
+    run_id = body.get("run_id") or record["run_id"]
+    if run_id != record["run_id"] or record["status"] != model.RUNNING:
+        raise InvalidArgument(f"workflow {workflow_id!r} run {run_id} is not running "
+                              f"(current run {record['run_id']} is {record['status']})",
+                              field="run_id", workflow_id=workflow_id)
+    return record
+
+
+def cancel(ctx: c.Ctx, body: dict) -> dict:
+    record = _target_run(ctx, body)
+    if not record["cancel_requested"]:
+        record["cancel_requested"] = True
+        reason = str(body.get("reason") or "cancel requested")[:4096]
+        c.append_history(ctx, record, {"type": "WorkflowCancelRequested", "reason": reason})
+        ctx.cancel.extend(sm_tasks.running_of_run(ctx, record))
+        record["wft_needed"] = True
+        if record["wft"] and record["wft"]["state"] == "backoff":
+            _drop_wft(ctx, record)  # a cancel is not held back by a retry's backoff
+        wake(ctx, record)
+        c.save_workflow(ctx.txn, record)
+    return {"run_id": record["run_id"]}
+
+
+def terminate(ctx: c.Ctx, body: dict) -> dict:
+    record = _target_run(ctx, body)
+    close(ctx, record, model.TERMINATED, failure={
+        "type": "Terminated", "message": str(body.get("reason") or "terminated")[:4096]})
+    c.save_workflow(ctx.txn, record)
+    return {"run_id": record["run_id"]}

@@ -1,0 +1,763 @@
+"""The supervisor process: worker processes for one module, sessions with Flow's shard leaders.
+
+    run_supervisor(addresses, module, workers=...)   blocking; returns the exit code
+      └─ Supervisor.run
+           ├─ WorkerPool (coda.supervisor.pool): spawns workers; items in, done/heartbeat out
+           ├─ ShardSession per shard (coda.supervisor.sessions): the Session streams
+           ├─ CreditLedger, one CompletionBatcher per shard (pure, in sessions)
+           └─ HealthServer (optional): /health and /metrics on 127.0.0.1
+
+An item's life: Flow dispatches it (one credit) → it gets a fresh local id and goes to
+the pool → the worker answers `done` → a Completion with a fresh request id joins its
+shard's batcher and one slot is owed back to the shard → batched out → acked or rejected
+by Flow (dropped) or unanswered when the stream breaks (resent on the next stream, and
+listed in the hello's `running`, so Flow neither re-queues nor forgets it).
+
+Shutdown (SIGTERM/SIGINT; a second signal hurries it): grant no more credit and fail at
+once what Flow still dispatches; let in-flight items finish within `drain_s`; cancel and
+report the rest as failures "SupervisorShutdown" (retryable); wait (bounded) for Flow to
+answer every completion; stop the workers; close the sessions.
+
+Exit codes: 0 after a clean shutdown, 1 if the workers could not start, 2 for a bad
+argument (a module that can't be found, workers < 1, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.machinery
+import itertools
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coda.api import flow_pb2 as pb
+from coda.errors import ConfigError, PayloadError
+from coda.flow import limits
+from coda.storage import codec
+from coda.supervisor.health import HealthServer
+from coda.supervisor.metrics import SupervisorMetrics
+from coda.supervisor.sessions import (Backoff, ChannelCache, CompletionBatcher, CreditLedger,
+                                      ShardMap, ShardSession)
+
+log = logging.getLogger(__name__)
+
+SLOTS_PER_WORKER = 32
+DRAIN_S_DEFAULT = 30.0
+ACK_WAIT_S = limits.proposal_timeout_s + 5.0  # at shutdown, for Flow to answer what we sent
+POOL_STOP_S = 5.0
+POOL_START_S = 120.0          # workers import the user's module: allow a slow import
+SHUTDOWN_POLL_S = 0.05
+# A completion must fit one replicated command (the shard commits it in one).
+COMPLETION_BYTES_MAX = limits.command_bytes_max - limits.command_envelope_bytes_max
+FAILURE_MESSAGE_CHARS_MAX = 8 * 1024
+FAILURE_STACK_CHARS_MAX = 32 * 1024
+BUILD_ID_FILES_MAX = 10_000
+SHUTDOWN_ERROR = "SupervisorShutdown"
+TIMEOUT_ERROR = "StartToCloseTimeout"
+
+assert COMPLETION_BYTES_MAX >= limits.payload_bytes_max
+assert FAILURE_MESSAGE_CHARS_MAX + FAILURE_STACK_CHARS_MAX < limits.command_envelope_bytes_max * 4
+
+
+# ===========================================================================================
+# Flow <-> worker conversions (pure)
+# ===========================================================================================
+
+@dataclass
+class Item:
+    """One dispatched item this supervisor runs, under its local id."""
+    shard: int
+    workflow_id: str
+    run_id: str
+    task_key: str              # "" for a workflow task
+    attempt: int
+    type_name: str
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    timed_out_s: float | None = None    # start_to_close_timeout passed: cancelled by us
+    heartbeat_dropped: bool = False
+
+    @property
+    def ref(self) -> tuple:
+        return (self.shard, self.workflow_id, self.run_id, self.task_key, self.attempt)
+
+    @property
+    def is_workflow_task(self) -> bool:
+        return not self.task_key
+
+    def __str__(self) -> str:
+        what = "workflow task" if self.is_workflow_task else f"task {self.type_name} {self.task_key}"
+        return f"{what} of {self.workflow_id}/{self.run_id} attempt {self.attempt}"
+
+    def running_item(self) -> pb.RunningItem:
+        return pb.RunningItem(workflow_id=self.workflow_id, run_id=self.run_id,
+                              task_key=self.task_key, attempt=self.attempt)
+
+
+def item_from_dispatch(shard: int, dispatch: pb.Dispatch) -> Item:
+    return Item(shard, dispatch.workflow_id, dispatch.run_id, dispatch.task_key,
+                dispatch.attempt, dispatch.type_name)
+
+
+def worker_message(dispatch: pb.Dispatch, item_id: str) -> dict:
+    """The supervisor -> worker message for a dispatch (docs/execution-protocol.md);
+    raises PayloadError if a workflow task's history is not a msgpack list."""
+    if dispatch.task_key:
+        return {"op": "task", "id": item_id, "task": dispatch.type_name,
+                "args": bytes(dispatch.input), "workflow_id": dispatch.workflow_id,
+                "run_id": dispatch.run_id, "key": dispatch.task_key,
+                "attempt": dispatch.attempt, "idempotency_key": dispatch.idempotency_key,
+                "heartbeat_details": bytes(dispatch.heartbeat_details) or None}
+    history = []
+    if dispatch.history:
+        history = codec.decode_payload(bytes(dispatch.history),
+                                       what=f"history of workflow {dispatch.workflow_id!r}")
+        if not isinstance(history, list):
+            raise PayloadError(f"history of workflow {dispatch.workflow_id!r} is a "
+                               f"{type(history).__name__}, not a list", what="history")
+    return {"op": "workflow_task", "id": item_id, "workflow_type": dispatch.type_name,
+            "workflow_id": dispatch.workflow_id, "run_id": dispatch.run_id,
+            "workflow_attempt": dispatch.workflow_attempt,
+            "start_time_ms": dispatch.start_time_ms, "input": bytes(dispatch.input),
+            "history": history}
+
+
+def failure(error_type: str, message: str, *, stack: str = "",
+            non_retryable: bool = False) -> pb.Failure:
+    return pb.Failure(error_type=str(error_type)[:limits.type_name_bytes_max],
+                      message=_clip(str(message), FAILURE_MESSAGE_CHARS_MAX),
+                      stack=_clip(str(stack or ""), FAILURE_STACK_CHARS_MAX),
+                      non_retryable=bool(non_retryable))
+
+
+def completion_for(item: Item, done: dict, *, request_id: str,
+                   payload_bytes_max: int) -> pb.Completion:
+    """The Completion for a worker's `done` message; what can't be sent becomes a failure."""
+    completion = pb.Completion(request_id=request_id, workflow_id=item.workflow_id,
+                               run_id=item.run_id, task_key=item.task_key,
+                               attempt=item.attempt)
+    error = done.get("error")
+    what = f"workflow task of {item.workflow_id!r}" if item.is_workflow_task else \
+        f"task {item.type_name!r} ({item.task_key}) of {item.workflow_id!r}"
+    if error is not None:
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        completion.failure.CopyFrom(failure(
+            error.get("type") or "Error", error.get("message") or "", stack=error.get("stack") or "",
+            non_retryable=bool(error.get("non_retryable"))))
+    elif item.is_workflow_task:
+        commands = done.get("commands")
+        if not isinstance(commands, list):
+            completion.failure.CopyFrom(failure("ProtocolError", f"the worker answered the "
+                                                f"{what} without a command list"))
+        else:
+            completion.workflow_commands = codec.pack(commands)
+    else:
+        result = done.get("result")
+        if not isinstance(result, (bytes, bytearray)):
+            completion.failure.CopyFrom(failure("ProtocolError", f"the worker answered {what} "
+                                                f"without result bytes"))
+        elif len(result) > payload_bytes_max:
+            completion.failure.CopyFrom(failure(
+                "PayloadError", f"the result of {what} is {len(result)} bytes encoded, over "
+                f"the limit of {payload_bytes_max} bytes", non_retryable=True))
+        else:
+            completion.result = bytes(result)
+    if completion.ByteSize() > COMPLETION_BYTES_MAX:
+        size = completion.ByteSize()
+        completion.failure.CopyFrom(failure(
+            "PayloadError", f"the completion of {what} is {size} bytes, over the limit of "
+            f"{COMPLETION_BYTES_MAX} bytes", non_retryable=True))
+    return completion
+
+
+def _clip(text: str, chars_max: int) -> str:
+    return text if len(text) <= chars_max else text[:chars_max - 20] + " ... [truncated]"
+
+
+# ===========================================================================================
+# Identity: supervisor id and build id
+# ===========================================================================================
+
+def default_supervisor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def module_source_files(module: str, search_path: list[str] | None = None) -> tuple[Path, list[Path]]:
+    """The root and the source files of `module` (every .py of a package), found the way
+    `python -m` in this directory would find them, without importing anything."""
+    spec, parent_path = None, None
+    for depth, part in enumerate(module.split(".")):
+        if not part.isidentifier():
+            raise ConfigError(f"{module!r} is not a module name", field="module")
+        name = ".".join(module.split(".")[:depth + 1])
+        spec = _find_spec(name, parent_path, search_path)
+        if spec is None:
+            raise ConfigError(f"module {name!r} not found (searched the current directory and "
+                              f"sys.path)", field="module")
+        parent_path = list(spec.submodule_search_locations or [])
+    assert spec is not None
+    if spec.submodule_search_locations:
+        roots = [Path(p) for p in spec.submodule_search_locations]
+        files = sorted(f for root in roots for f in root.rglob("*.py")
+                       if "__pycache__" not in f.parts)
+        return roots[0], files
+    if spec.has_location and spec.origin:
+        origin = Path(spec.origin)
+        return origin.parent, [origin]
+    raise ConfigError(f"module {module!r} has no source file to hash; pass a build id",
+                      field="module")
+
+
+def _find_spec(name: str, parent_path: list[str] | None, search_path: list[str] | None):
+    """What `import name` would find, given the parent package's __path__ (None: top
+    level), without importing the parents the way importlib.util.find_spec does. The top
+    level is searched from the current directory first, as `python -m` does in a worker;
+    `search_path` replaces that search (tests)."""
+    if search_path is not None:
+        return importlib.machinery.PathFinder.find_spec(name, parent_path or search_path)
+    for finder in sys.meta_path:
+        if finder is importlib.machinery.PathFinder:
+            spec = finder.find_spec(name, parent_path if parent_path is not None
+                                    else [os.getcwd(), *sys.path])
+        elif hasattr(finder, "find_spec"):
+            try:  # editable installs, import hooks: third-party code
+                spec = finder.find_spec(name, parent_path)
+            except Exception:
+                spec = None
+        else:
+            spec = None
+        if spec is not None:
+            return spec
+    return None
+
+
+def module_build_id(module: str, search_path: list[str] | None = None) -> str:
+    """blake2b over the module's source files (relative names and contents)."""
+    root, files = module_source_files(module, search_path)
+    if len(files) > BUILD_ID_FILES_MAX:
+        raise ConfigError(f"module {module!r} has {len(files)} source files, over "
+                          f"{BUILD_ID_FILES_MAX}: pass a build id", field="module")
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(module.encode() + b"\0")
+    for path in files:
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:  # a namespace package spread over several roots
+            name = path.as_posix()
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.blake2b(path.read_bytes(), digest_size=32).digest())
+    return digest.hexdigest()
+
+
+# ===========================================================================================
+# The supervisor
+# ===========================================================================================
+
+class Supervisor:
+    """Owns the pool and the per-shard bookkeeping; the SessionHost of every ShardSession."""
+
+    def __init__(self, addresses: list[str], module: str, *, workers: int, slots: int,
+                 build_id: str, supervisor_id: str, drain_s: float = DRAIN_S_DEFAULT,
+                 pool=None, pool_factory=None, metrics: SupervisorMetrics | None = None,
+                 rng: random.Random | None = None):
+        assert addresses and workers >= 1 and slots >= 1 and drain_s >= 0
+        self.addresses = list(addresses)
+        self.module = module
+        self.workers = workers
+        self.slots = slots
+        self.build_id = build_id
+        self.supervisor_id = supervisor_id
+        self.drain_s = drain_s
+        self.metrics = metrics or SupervisorMetrics()
+        self.state = "starting"          # starting, running, draining, stopped
+        self.workflow_types: list[str] = []
+        self.task_types: list[str] = []
+        self._rng = rng or random.Random()
+        self._ids = itertools.count(1)
+        self._items: dict[str, Item] = {}          # local id -> item
+        self._by_ref: dict[tuple, str] = {}        # Item.ref -> local id
+        self._task_heartbeats: dict[str, bytes] = {}  # local id -> latest details
+        self.ledger: CreditLedger | None = None
+        self.batchers: list[CompletionBatcher] = []
+        self.sessions: list[ShardSession] = []
+        self._payload_bytes_max: list[int] = []
+        self._channels = ChannelCache()
+        self._tasks: list[asyncio.Task] = []
+        self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self.metrics.in_flight.set_function(lambda: len(self._items))
+        if pool is None:
+            if pool_factory is None:
+                from coda.supervisor.pool import WorkerPool as pool_factory
+            pool = pool_factory(module, workers, on_event=self.on_event,
+                                payload_bytes_max=limits.payload_bytes_default)
+        self.pool = pool
+        self.metrics.watch_pool(pool)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """The first call drains gracefully; the next hurries the drain."""
+        if self._stop.is_set():
+            log.warning("second stop request: not waiting for in-flight work")
+            self._hurry.set()
+        else:
+            log.info("stop requested: draining")
+            self._stop.set()
+
+    async def run(self) -> int:
+        try:
+            if not await self._start_pool():
+                return 1
+            if await self._connect():
+                self.state = "running"
+                await self._stop.wait()
+            await self._drain()
+            return 0
+        finally:
+            await self._close()
+
+    async def _start_pool(self) -> bool:
+        log.info("supervisor %s starting %d workers for %s (build %s, %d slots)",
+                 self.supervisor_id, self.workers, self.module, self.build_id, self.slots)
+        try:
+            ready = await self._unless_stopped(asyncio.wait_for(self.pool.start(), POOL_START_S))
+        except Exception as exc:
+            log.error("workers for %s did not start: %s", self.module, str(exc) or type(exc).__name__)
+            return False
+        if ready is None:
+            return True  # stopped while starting: nothing ran, _drain has nothing to do
+        self.workflow_types = sorted(ready.get("workflow_types") or [])
+        self.task_types = sorted(ready.get("task_types") or [])
+        if not self.workflow_types and not self.task_types:
+            log.warning("module %s declares no @coda.workflow or @coda.task: this supervisor "
+                        "will receive nothing", self.module)
+        log.info("workers ready (pids %s): workflows %s, tasks %s", self.pool.worker_pids(),
+                 self.workflow_types, self.task_types)
+        return True
+
+    async def _connect(self) -> bool:
+        """Fetch the shard map (retrying until it comes or a stop) and open the sessions."""
+        if self._stop.is_set():
+            return False
+        shard_map = ShardMap(self.addresses, self._channels, self._rng)
+        backoff = Backoff(self._rng)
+        for tries in itertools.count(1):
+            if await shard_map.refresh() and shard_map.shard_count:
+                break
+            if tries == 1 or tries % 20 == 0:
+                log.warning("no Flow node at %s answered GetShardMap; retrying",
+                            ",".join(self.addresses))
+            if await self._unless_stopped(asyncio.sleep(backoff.next_s()), default=False) is False:
+                return False
+        self.attach_shards(shard_map.shard_count)
+        log.info("%d shards; %d slots per shard", shard_map.shard_count, self.ledger.share)
+        for shard in range(shard_map.shard_count):
+            session = ShardSession(shard, self, shard_map, self._channels, self._rng,
+                                   on_reconnect=self._on_session_ended)
+            self.sessions.append(session)
+            self._tasks.append(asyncio.create_task(session.run(), name=f"session-{shard}"))
+        return True
+
+    def attach_shards(self, shard_count: int) -> None:
+        """Per-shard bookkeeping, once the shard count is known."""
+        assert self.ledger is None and shard_count >= 1
+        self.ledger = CreditLedger(self.slots, shard_count)
+        self.batchers = [CompletionBatcher() for _ in range(shard_count)]
+        self._payload_bytes_max = [limits.payload_bytes_default] * shard_count
+        for shard in range(shard_count):
+            self.metrics.init_shard(shard)
+
+    async def _drain(self) -> None:
+        self.state = "draining"
+        if self.ledger is not None:
+            self.ledger.stop()
+        if self._items:
+            log.info("draining: %d items in flight, up to %.1f s", len(self._items), self.drain_s)
+            await self._wait_until(lambda: not self._items, self.drain_s)
+        if self._items:
+            log.warning("%d items still running after the drain: reported as %s",
+                        len(self._items), SHUTDOWN_ERROR)
+            for item_id in list(self._items):
+                self._cancel_in_pool(item_id)
+                self._fail(item_id, SHUTDOWN_ERROR,
+                           f"supervisor {self.supervisor_id} shut down before it finished")
+        self._wake_all()
+        if any(self.batchers):
+            await self._wait_until(lambda: not any(self.batchers), ACK_WAIT_S)
+        unanswered = sum(len(b) for b in self.batchers)
+        if unanswered:
+            log.warning("%d completions unanswered by Flow at shutdown: their items will run "
+                        "again", unanswered)
+
+    async def _close(self) -> None:
+        self.state = "stopped"
+        try:
+            await self.pool.stop(POOL_STOP_S)
+        except Exception:
+            log.exception("stopping the workers failed")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._channels.close()
+        log.info("supervisor %s stopped", self.supervisor_id)
+
+    async def _wait_until(self, predicate, limit_s: float) -> bool:
+        deadline_s = time.monotonic() + limit_s
+        while not predicate():
+            if time.monotonic() >= deadline_s or self._hurry.is_set():
+                return False
+            await asyncio.sleep(SHUTDOWN_POLL_S)
+        return True
+
+    async def _unless_stopped(self, awaitable, default=None):
+        """The awaitable's result, or `default` if a stop is requested first."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                return default
+        return work.result()
+
+    # --- SessionHost: what the shard sessions ask and report ---------------------------
+
+    def hello(self, shard: int) -> pb.SupervisorHello:
+        batcher = self.batchers[shard]
+        resent = batcher.requeue_unacked()  # a new stream: everything unanswered goes again
+        if resent:
+            log.info("shard %d: %d completions sent before and unanswered: sending again",
+                     shard, resent)
+            self.metrics.completions_resent.labels(str(shard)).inc(resent)
+        slots = self.ledger.on_hello(shard, blocked=batcher.full)
+        self.metrics.credit_granted.labels(str(shard)).inc(slots)
+        running = [item.running_item() for item in self._items.values() if item.shard == shard]
+        running += [pb.RunningItem(workflow_id=c.workflow_id, run_id=c.run_id,
+                                   task_key=c.task_key, attempt=c.attempt)
+                    for c in batcher.pending()]
+        return pb.SupervisorHello(
+            supervisor_id=self.supervisor_id, build_id=self.build_id,
+            workflow_types=self.workflow_types, task_types=self.task_types, slots=slots,
+            shard=shard, running=running)
+
+    def on_accepted(self, shard: int, accepted: pb.SessionAccepted, address: str) -> None:
+        if accepted.payload_bytes_max:
+            self._payload_bytes_max[shard] = accepted.payload_bytes_max
+        self.metrics.connected.labels(str(shard)).set(1)
+        self._wake(shard)
+
+    def on_disconnected(self, shard: int) -> None:
+        self.metrics.connected.labels(str(shard)).set(0)
+
+    def _on_session_ended(self, shard: int) -> None:
+        self.metrics.reconnects.labels(str(shard)).inc()
+
+    def on_dispatches(self, shard: int, dispatches) -> None:
+        self.metrics.dispatches.labels(str(shard)).inc(len(dispatches))
+        for dispatch in dispatches:
+            self._start(shard, dispatch)
+
+    def on_cancel(self, shard: int, running_items) -> None:
+        for wanted in running_items:
+            for item_id in self._find(shard, wanted):
+                log.info("shard %d: Flow cancels %s", shard, self._items[item_id])
+                self._cancel_in_pool(item_id)
+
+    def on_acks(self, shard: int, acks: pb.CompletionAcks) -> None:
+        batcher = self.batchers[shard]
+        acked = batcher.ack(acks.request_ids)
+        self.metrics.completions_acked.labels(str(shard)).inc(len(acked))
+        reasons = {r.request_id: r.reason for r in acks.rejected}
+        for completion in batcher.reject(reasons):
+            log.warning("shard %d: Flow rejected the completion of %s/%s %s attempt %d: %s",
+                        shard, completion.workflow_id, completion.run_id,
+                        completion.task_key or "(workflow task)", completion.attempt,
+                        reasons[completion.request_id] or "no reason given")
+            self.metrics.completions_rejected.labels(str(shard)).inc()
+        self.metrics.unacked.labels(str(shard)).set(len(batcher))
+
+    def outgoing(self, shard: int, now_s: float) -> list[pb.SupervisorMessage]:
+        """Due completion batches, then the credit freed since the last flush."""
+        batcher = self.batchers[shard]
+        stale = batcher.requeue_stale(now_s)
+        if stale:
+            log.info("shard %d: %d completions unanswered for %.0f s: sending again", shard,
+                     stale, batcher.ack_timeout_s)
+            self.metrics.completions_resent.labels(str(shard)).inc(stale)
+        messages = []
+        while batcher.due(now_s):
+            batch = batcher.take_batch(now_s)
+            self.metrics.completions_sent.labels(str(shard)).inc(len(batch))
+            messages.append(pb.SupervisorMessage(completions=pb.CompletionBatch(completions=batch)))
+        grant = self.ledger.take_grant(shard, blocked=batcher.full)
+        if grant:
+            self.metrics.credit_granted.labels(str(shard)).inc(grant)
+            messages.append(pb.SupervisorMessage(credit=pb.Credit(slots=grant)))
+        return messages
+
+    def next_due_s(self, shard: int) -> float | None:
+        return self.batchers[shard].next_due_s()
+
+    def heartbeat(self, shard: int) -> pb.SupervisorMessage:
+        """The lease heartbeat, with the latest details of each task heartbeat since the
+        last one (bounded: what doesn't fit waits for the next heartbeat)."""
+        tasks, size_bytes = [], 0
+        for item_id in [i for i, item in self._items.items() if item.shard == shard
+                        and i in self._task_heartbeats]:
+            item, details = self._items[item_id], self._task_heartbeats[item_id]
+            if size_bytes + len(details) > COMPLETION_BYTES_MAX and tasks:
+                break
+            del self._task_heartbeats[item_id]
+            size_bytes += len(details)
+            tasks.append(pb.TaskHeartbeat(workflow_id=item.workflow_id, run_id=item.run_id,
+                                          task_key=item.task_key, attempt=item.attempt,
+                                          details=details))
+        return pb.SupervisorMessage(heartbeat=pb.Heartbeat(sent_ms=int(time.time() * 1000),
+                                                           tasks=tasks))
+
+    # --- items -------------------------------------------------------------------------
+
+    def _start(self, shard: int, dispatch: pb.Dispatch) -> None:
+        if not self.ledger.on_dispatch(shard):
+            log.warning("shard %d: dispatch of %s beyond the credit granted: running it anyway",
+                        shard, dispatch.workflow_id)
+        item = item_from_dispatch(shard, dispatch)
+        if item.ref in self._by_ref:
+            log.warning("shard %d: %s dispatched again while it runs here: ignored", shard, item)
+            self.ledger.on_finish(shard)
+            self._wake(shard)
+            return
+        item_id = f"{next(self._ids):x}"
+        self._items[item_id] = item
+        self._by_ref[item.ref] = item_id
+        if self.state in ("draining", "stopped"):
+            self._fail(item_id, SHUTDOWN_ERROR,
+                       f"supervisor {self.supervisor_id} is shutting down: not started")
+            return
+        try:
+            message = worker_message(dispatch, item_id)
+        except PayloadError as exc:
+            self._fail(item_id, "PayloadError", exc.message, non_retryable=not item.is_workflow_task)
+            return
+        try:
+            self.pool.submit(message)
+        except Exception as exc:
+            log.exception("the worker pool refused %s", item)
+            self._fail(item_id, "WorkerPoolError", f"the worker pool refused the item: {exc}")
+            return
+        if dispatch.start_to_close_timeout_ms and dispatch.task_key:
+            item.timer = asyncio.get_running_loop().call_later(
+                dispatch.start_to_close_timeout_ms / 1000, self._timed_out, item_id,
+                dispatch.start_to_close_timeout_ms)
+
+    def _timed_out(self, item_id: str, timeout_ms: int) -> None:
+        item = self._items.get(item_id)
+        if item is None:
+            return
+        item.timed_out_s = timeout_ms / 1000
+        log.info("%s ran past its start_to_close_timeout (%d ms): cancelling it", item, timeout_ms)
+        self._cancel_in_pool(item_id)
+
+    def on_event(self, message: dict) -> None:
+        """A worker's `done` or `heartbeat` (the pool's on_event callback)."""
+        op = message.get("op")
+        if op == "done":
+            self._on_done(message)
+        elif op == "heartbeat":
+            item = self._items.get(message.get("id"))
+            details = message.get("details")
+            if item is None or not isinstance(details, (bytes, bytearray)):
+                return
+            if len(details) > self._payload_bytes_max[item.shard]:
+                if not item.heartbeat_dropped:
+                    item.heartbeat_dropped = True
+                    log.warning("%s: heartbeat details of %d bytes over the payload limit: "
+                                "dropped", item, len(details))
+                return
+            self._task_heartbeats[message["id"]] = bytes(details)
+
+    def _on_done(self, message: dict) -> None:
+        item_id = message.get("id")
+        item = self._items.get(item_id)
+        if item is None:
+            return  # already reported (timed out at shutdown, a duplicate answer)
+        if item.timed_out_s is not None and message.get("error") is not None:
+            message = {**message, "error": {
+                "type": TIMEOUT_ERROR, "non_retryable": False,
+                "message": f"task {item.type_name!r} ran longer than its start_to_close_timeout "
+                           f"of {item.timed_out_s:g} s"}}
+        completion = completion_for(item, message, request_id=uuid.uuid4().hex,
+                                    payload_bytes_max=self._payload_bytes_max[item.shard])
+        self._complete(item_id, completion)
+
+    def _fail(self, item_id: str, error_type: str, message: str, *,
+              non_retryable: bool = False) -> None:
+        item = self._items[item_id]
+        completion = completion_for(
+            item, {"error": {"type": error_type, "message": message,
+                             "non_retryable": non_retryable}},
+            request_id=uuid.uuid4().hex, payload_bytes_max=self._payload_bytes_max[item.shard])
+        self._complete(item_id, completion)
+
+    def _complete(self, item_id: str, completion: pb.Completion) -> None:
+        item = self._items.pop(item_id)
+        del self._by_ref[item.ref]
+        self._task_heartbeats.pop(item_id, None)
+        if item.timer is not None:
+            item.timer.cancel()
+        batcher = self.batchers[item.shard]
+        batcher.add(completion, time.monotonic())
+        self.metrics.unacked.labels(str(item.shard)).set(len(batcher))
+        self.ledger.on_finish(item.shard)
+        self._wake(item.shard)
+
+    def _find(self, shard: int, wanted: pb.RunningItem) -> list[str]:
+        """Local ids of the items a RunningItem names (attempt 0: any attempt)."""
+        if wanted.attempt:
+            item_id = self._by_ref.get((shard, wanted.workflow_id, wanted.run_id,
+                                        wanted.task_key, wanted.attempt))
+            return [item_id] if item_id else []
+        return [i for i, item in self._items.items()
+                if (item.shard, item.workflow_id, item.run_id, item.task_key)
+                == (shard, wanted.workflow_id, wanted.run_id, wanted.task_key)]
+
+    def _cancel_in_pool(self, item_id: str) -> None:
+        try:
+            self.pool.cancel(item_id)
+        except Exception:
+            log.exception("cancelling item %s in the pool failed", item_id)
+
+    def _wake(self, shard: int) -> None:
+        if shard < len(self.sessions):
+            self.sessions[shard].wake.set()
+
+    def _wake_all(self) -> None:
+        for session in self.sessions:
+            session.wake.set()
+
+    # --- status ------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        sessions = {}
+        for shard, session in enumerate(self.sessions):
+            sessions[str(shard)] = {
+                "connected": session.connected, "leader": session.address,
+                "running": self.ledger.running[shard],
+                "credit_outstanding": self.ledger.outstanding[shard],
+                "unacked": len(self.batchers[shard])}
+        try:
+            pids, in_flight = self.pool.worker_pids(), self.pool.in_flight()
+        except Exception:
+            pids, in_flight = [], None
+        healthy = (self.state == "running" and bool(sessions)
+                   and all(s["connected"] for s in sessions.values()))
+        return {"supervisor_id": self.supervisor_id, "build_id": self.build_id,
+                "module": self.module, "state": self.state, "healthy": healthy,
+                "sessions": sessions, "workers": pids, "in_flight": in_flight,
+                "items": len(self._items)}
+
+
+# ===========================================================================================
+# The process entry point
+# ===========================================================================================
+
+def run_supervisor(addresses: list[str], module: str, *, workers: int, slots: int | None = None,
+                   build_id: str | None = None, health_port: int | None = None,
+                   supervisor_id: str | None = None,
+                   drain_s: float = DRAIN_S_DEFAULT) -> int:
+    """Run a supervisor until SIGTERM/SIGINT; returns the process exit code."""
+    _configure_logging()
+    try:
+        addresses = _split_addresses(addresses)
+        _check_settings(workers, slots, health_port, drain_s)
+        build_id = build_id or module_build_id(module)
+    except ConfigError as exc:
+        log.error("%s", exc.message)
+        return 2
+    supervisor_id = supervisor_id or default_supervisor_id()
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_main(addresses, module, workers=workers,
+                                slots=slots or workers * SLOTS_PER_WORKER, build_id=build_id,
+                                supervisor_id=supervisor_id, drain_s=drain_s,
+                                health_port=health_port))
+
+
+async def _main(addresses, module, *, health_port, **settings) -> int:
+    supervisor = Supervisor(addresses, module, **settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.request_stop)
+    health = None
+    if health_port is not None:
+        health = HealthServer(health_port, supervisor.status, supervisor.metrics.render)
+        try:
+            await health.start()
+        except OSError as exc:
+            log.error("can't serve health on 127.0.0.1:%d: %s", health_port, exc)
+            return 2
+    try:
+        return await supervisor.run()
+    finally:
+        if health is not None:
+            await health.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _split_addresses(addresses) -> list[str]:
+    if isinstance(addresses, str):
+        addresses = [addresses]
+    parts = [a.strip() for entry in addresses for a in str(entry).split(",") if a.strip()]
+    if not parts:
+        raise ConfigError("no Flow address given (host:port[,host:port...] or CODA_ADDRESS)",
+                          field="address")
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"Flow address {part!r} is not host:port", field="address")
+    return parts
+
+
+def _check_settings(workers, slots, health_port, drain_s) -> None:
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be an integer >= 1, got {workers!r}", field="workers")
+    if slots is not None and (not isinstance(slots, int) or slots < 1):
+        raise ConfigError(f"--slots must be an integer >= 1, got {slots!r}", field="slots")
+    if health_port is not None and not (0 <= health_port <= 65535):
+        raise ConfigError(f"--health-port must be 0..65535, got {health_port!r}",
+                          field="health_port")
+    if drain_s < 0:
+        raise ConfigError(f"the drain deadline must be >= 0 s, got {drain_s!r}", field="drain_s")
+
+
+def _loop_factory():
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+__all__ = ["run_supervisor", "Supervisor", "Item", "worker_message", "completion_for",
+           "failure", "module_build_id", "module_source_files", "default_supervisor_id",
+           "DRAIN_S_DEFAULT", "SHUTDOWN_ERROR"]
