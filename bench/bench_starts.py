@@ -55,7 +55,7 @@ def start_dev(data_dir: str, shards: int, base_port: int) -> tuple[subprocess.Po
 async def load(address: str, concurrency: int, seconds: float, prefix: str) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    async with coda.Client(address) as client:
+    async with coda.Client(address, allow_undeclared_types=True) as client:
         stop_at = time.monotonic() + seconds
         counter = 0
 

@@ -254,8 +254,11 @@ class WorkflowHandle:
 
 class Client:
     def __init__(self, address, *, timeout_s: float = 30.0,
-                 payload_bytes_max: int = limits.payload_bytes_default):
+                 payload_bytes_max: int = limits.payload_bytes_default,
+                 allow_undeclared_types: bool = False):
         self.addresses = parse_addresses(address)
+        # The default of start_workflow's allow_undeclared_type.
+        self.allow_undeclared_types = allow_undeclared_types
         self.timeout_s = timeout_s
         self.payload_bytes_max = payload_bytes_max
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -330,10 +333,16 @@ class Client:
     async def start_workflow(self, workflow_type, args=None, *, workflow_id: str | None = None,
                              reuse_policy: str = model.ALLOW_DUPLICATE,
                              request_id: str | None = None,
-                             execution_timeout: float | None = None) -> WorkflowHandle:
+                             execution_timeout: float | None = None,
+                             allow_undeclared_type: bool | None = None) -> WorkflowHandle:
         """Start a run of `workflow_type` (a type name or a @coda.workflow function) with
         keyword arguments `args`. `execution_timeout` (seconds; default: the decorator's
-        when given a function, else none): past it the run closes TIMED_OUT."""
+        when given a function, else none): past it the run closes TIMED_OUT.
+        A type no supervisor has declared is refused (NotFound) unless
+        `allow_undeclared_type` (default: the client's `allow_undeclared_types`): then
+        it waits in its queue for one."""
+        if allow_undeclared_type is None:
+            allow_undeclared_type = self.allow_undeclared_types
         type_name, default_timeout_s = workflow_type_of(workflow_type)
         if reuse_policy not in REUSE_ENUM:
             raise InvalidArgument(f"unknown reuse_policy {reuse_policy!r}; one of "
@@ -345,7 +354,8 @@ class Client:
         request = pb.StartWorkflowRequest(
             workflow_id=workflow_id or f"{type_name}-{uuid.uuid4().hex}",
             workflow_type=type_name, input=payload, reuse_policy=REUSE_ENUM[reuse_policy],
-            request_id=request_id or uuid.uuid4().hex, execution_timeout_ms=timeout_ms)
+            request_id=request_id or uuid.uuid4().hex, execution_timeout_ms=timeout_ms,
+            allow_undeclared_type=allow_undeclared_type)
         answer = await self._call("StartWorkflow", request, retry_indeterminate=True,
                                   workflow_id=request.workflow_id)
         return WorkflowHandle(self, request.workflow_id, answer.run_id, answer.started)

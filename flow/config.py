@@ -70,6 +70,7 @@ class NodeConfig:
     nodes: tuple[NodeAddress, ...]
     raft: RaftTiming = field(default_factory=RaftTiming)
     payload_bytes_max: int = limits.payload_bytes_default
+    supervisor_lease_ms: int = limits.supervisor_lease_ms_default
 
     @property
     def me(self) -> NodeAddress:
@@ -131,6 +132,10 @@ def validate(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError(f"payload_bytes_max must be an integer in 1024.."
                           f"{limits.payload_bytes_max}, got {cfg.payload_bytes_max!r}",
                           field="payload_bytes_max")
+    if (type(cfg.supervisor_lease_ms) is not int
+            or not 500 <= cfg.supervisor_lease_ms <= 3_600_000):
+        raise ConfigError("supervisor_lease_ms must be an integer in 500..3600000, got "
+                          f"{cfg.supervisor_lease_ms!r}", field="supervisor_lease_ms")
     return cfg
 
 
@@ -205,7 +210,7 @@ def read_toml(path: str) -> dict:
 
 def from_mapping(raw: dict, origin: str = "config") -> NodeConfig:
     known = {"node_id", "data_dir", "shards", "secret", "secret_file", "nodes", "raft",
-             "payload_bytes_max"}
+             "payload_bytes_max", "supervisor_lease_ms"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}", field=unknown[0])
@@ -231,7 +236,9 @@ def from_mapping(raw: dict, origin: str = "config") -> NodeConfig:
                           field="secret")
     cfg = NodeConfig(node_id=str(raw.get("node_id", "")), data_dir=raw.get("data_dir", ""),
                      shards=raw.get("shards", 0), secret=secret, nodes=nodes, raft=timing,
-                     payload_bytes_max=raw.get("payload_bytes_max", limits.payload_bytes_default))
+                     payload_bytes_max=raw.get("payload_bytes_max", limits.payload_bytes_default),
+                     supervisor_lease_ms=raw.get("supervisor_lease_ms",
+                                                 limits.supervisor_lease_ms_default))
     return validate(cfg)
 
 
@@ -240,6 +247,7 @@ def to_mapping(cfg: NodeConfig) -> dict:
     return {
         "node_id": cfg.node_id, "data_dir": cfg.data_dir, "shards": cfg.shards,
         "secret": cfg.secret, "payload_bytes_max": cfg.payload_bytes_max,
+        "supervisor_lease_ms": cfg.supervisor_lease_ms,
         "nodes": [dataclasses.asdict(n) for n in cfg.nodes],
         "raft": dataclasses.asdict(cfg.raft),
     }

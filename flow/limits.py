@@ -74,8 +74,13 @@ supervisor_lease_ms_default = 10_000
 workflow_task_retry_initial_ms = 1000
 workflow_task_retry_max_ms = 60_000
 task_heartbeat_details_bytes_max = 64 * KIB
-# Long polls for a workflow's result.
+# Long polls for a workflow's result, and how many one shard leader holds open.
 wait_workflow_ms_max = 60_000
+workflow_waiters_max = 50_000
+# Credit one supervisor session may hold (dispatches it can start without asking).
+session_credit_max = 100_000
+# Completions in one message from a supervisor.
+completions_per_message_max = 1000
 history_page_size_default = 1000
 history_page_size_max = 10_000
 

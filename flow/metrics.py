@@ -39,6 +39,15 @@ read_barriers = Counter("coda_shard_read_barriers", "Log barriers committed for 
 rejected_proposals = Counter("coda_shard_rejected_proposals",
                              "Proposals refused before reaching the log, by reason",
                              ["shard", "reason"])
+dispatched = Counter("coda_shard_dispatched", "Workflow tasks and tasks sent to supervisors",
+                     ["shard"])
+completions = Counter("coda_shard_completions",
+                      "Completions from supervisors, by outcome (accepted, rejected, error)",
+                      ["shard", "outcome"])
+supervisors_expired = Counter("coda_shard_supervisors_expired",
+                              "Supervisors declared dead after their lease passed", ["shard"])
+supervisor_sessions = Gauge("coda_shard_supervisor_sessions",
+                            "Supervisor sessions open with this leader", ["shard"])
 
 grpc_requests = Counter("coda_grpc_requests", "gRPC requests served by this node",
                         ["method", "code"])
@@ -49,7 +58,8 @@ grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by m
 
 PER_SHARD = (raft_role, raft_term, commit_index, applied_index, log_entries, has_quorum,
              proposals_in_flight, leader_changes, snapshot_installs, snapshots_written,
-             apply_batch_entries, apply_batch_seconds, read_barriers)
+             apply_batch_entries, apply_batch_seconds, read_barriers, dispatched,
+             supervisors_expired, supervisor_sessions)
 
 
 def init_shard(shard_label: str) -> None:

@@ -18,13 +18,23 @@ from prometheus_client import REGISTRY, start_http_server
 from coda.api import flow_pb2_grpc as pb_grpc
 from coda.flow import limits, metrics
 from coda.flow.config import NodeConfig, split_host_port
+from coda.flow.dispatcher import ShardDispatcher
 from coda.flow.replica import ShardReplica
+from coda.flow.sessions import SessionService
 from coda.flow.service import (FlowService, PeerService, Router, add_servicer,
                                channel_options)
 
 log = logging.getLogger(__name__)
 
 GRACE_S = 2.0
+
+
+def server_options() -> list:
+    # Supervisors' session streams can be quiet between heartbeats; their keepalive pings
+    # (every 10 s) must not be answered with GOAWAY "too_many_pings".
+    return channel_options() + [("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                                ("grpc.http2.max_ping_strikes", 0),
+                                ("grpc.keepalive_permit_without_calls", 1)]
 
 
 async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> None:
@@ -44,10 +54,15 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
     metrics_server, metrics_thread = start_http_server(metrics_port, addr=metrics_host)
 
     router = Router(cfg, replicas)
-    server = grpc.aio.server(options=channel_options(),
+    dispatchers = [ShardDispatcher(replica, cfg.supervisor_lease_ms) for replica in replicas]
+    dispatcher_tasks = [asyncio.create_task(d.run()) for d in dispatchers]
+    server = grpc.aio.server(options=server_options(),
                              maximum_concurrent_rpcs=limits.grpc_concurrent_rpcs_max)
-    add_servicer(server, pb_grpc.add_FlowServicer_to_server, FlowService(cfg, router))
+    add_servicer(server, pb_grpc.add_FlowServicer_to_server,
+                 FlowService(cfg, router, dispatchers))
     add_servicer(server, pb_grpc.add_PeerServicer_to_server, PeerService(cfg, router))
+    add_servicer(server, pb_grpc.add_SupervisorSessionsServicer_to_server,
+                 SessionService(cfg, dispatchers))
     if server.add_insecure_port(cfg.me.client) == 0:
         raise OSError(f"can't bind the client address {cfg.me.client}")
     await server.start()
@@ -63,6 +78,10 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
         await stop.wait()
     finally:
         log.info("node %s stopping", cfg.node_id)
+        for task in dispatcher_tasks:
+            task.cancel()
+        for dispatcher in dispatchers:
+            dispatcher.stop()
         await server.stop(GRACE_S)
         await router.close()
         for replica in replicas:

@@ -59,3 +59,17 @@ def queue_depths(txn: Txn) -> dict[str, int]:
 def history(txn: Txn, workflow_id: str, run_id: str) -> list[dict]:
     prefix = keys.history_prefix(workflow_id, run_id)
     return [codec.unpack(raw) for _, raw in txn.scan(keys.HISTORY, prefix=prefix)]
+
+
+def history_page(txn: Txn, workflow_id: str, run_id: str | None, *, after_event_id: int,
+                 page_size: int) -> dict:
+    """{run_id, events (event_id > after_event_id, at most page_size), more}."""
+    record = describe(txn, workflow_id, run_id)
+    prefix = keys.history_prefix(workflow_id, record["run_id"])
+    start = keys.history_key(workflow_id, record["run_id"], after_event_id + 1)
+    events = []
+    for _, raw in txn.scan(keys.HISTORY, prefix=prefix, start=start):
+        if len(events) >= page_size:
+            return {"run_id": record["run_id"], "events": events, "more": True}
+        events.append(codec.unpack(raw))
+    return {"run_id": record["run_id"], "events": events, "more": False}

@@ -105,6 +105,11 @@ class ShardReplica(DurableSyncObj):
         self._status: dict = {"role": "follower", "term": 0, "leader": None}
         self._status_due_s = 0.0
         self._last_leader = None
+        # Set by the shard's dispatcher (flow.dispatcher), called on the asyncio loop:
+        # after each batch of this node's results is settled, and with the effects of
+        # each committed command this node proposed.
+        self.commit_listener = None
+        self.effects_listener = None
         conf = raft_conf(cfg, shard, self._write_snapshot, self._load_snapshot,
                          self._on_state_changed)
         register_journal(conf.journalFile, conf.fullDumpFile)
@@ -154,7 +159,7 @@ class ShardReplica(DurableSyncObj):
             metrics.apply_batch_seconds.labels(self._label).observe(self.applier.last_batch_duration_s)
         results, self._results_after_commit = self._results_after_commit, []
         if results:  # one wake-up of the event loop per batch, not per command
-            self.loop.call_soon_threadsafe(_settle_all, results)
+            self.loop.call_soon_threadsafe(self._settle_batch, results)
 
     def _write_snapshot(self, tmp_path: str, raft_data) -> None:
         """pysyncobj serializer: [header | pickled raft_data | compacting LMDB copy]."""
@@ -203,6 +208,11 @@ class ShardReplica(DurableSyncObj):
                          exc_info=True)
             logging.shutdown()
             os._exit(71)
+
+    def _settle_batch(self, results: list) -> None:
+        _settle_all(results)
+        if self.commit_listener is not None:
+            self.commit_listener()
 
     def _on_state_changed(self, old: int, new: int) -> None:
         log.info("shard %d: %s -> %s", self.shard, ROLE_NAMES.get(old), ROLE_NAMES.get(new))
@@ -277,6 +287,8 @@ class ShardReplica(DurableSyncObj):
             metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
         if "error" in result:
             raise from_wire(result["error"])
+        if "effects" in result and self.effects_listener is not None:
+            self.effects_listener(result["effects"])
         return result["ok"]
 
     async def _outcome(self, future: asyncio.Future, timeout_s: float, read_only: bool) -> dict:

@@ -125,16 +125,27 @@ def is_forwarded(context) -> bool:
     return any(k == wire.FORWARDED_METADATA_KEY for k, _ in (context.invocation_metadata() or ()))
 
 
+def failure_text(failure) -> str:
+    if not failure:
+        return ""
+    if isinstance(failure, dict):
+        kind, message = failure.get("type"), failure.get("message", "")
+        return f"{kind}: {message}" if kind else str(message)
+    return str(failure)
+
+
 def workflow_info(record: dict, shard: int) -> pb.WorkflowInfo:
-    failure = record.get("failure") or {}
     return pb.WorkflowInfo(
         workflow_id=record["workflow_id"], run_id=record["run_id"],
         workflow_type=record["workflow_type"], status=record["status"],
         start_time_ms=record["start_time_ms"], close_time_ms=record.get("close_time_ms") or 0,
         attempt=record.get("attempt", 1), history_length=record.get("history_length", 0),
         shard=shard, result=record.get("result") or b"",
-        failure=failure.get("message", "") if isinstance(failure, dict) else str(failure),
-        queued_on=record["queue"] if record.get("queue_seq") is not None else "")
+        failure=failure_text(record.get("failure")),
+        queued_on=record["queue"] if record.get("queue_seq") is not None else "",
+        workflow_task_failure=failure_text(record.get("wft_failure")),
+        open_tasks=record.get("open_tasks", 0),
+        cancel_requested=bool(record.get("cancel_requested")))
 
 
 class Router:
@@ -198,9 +209,10 @@ def forward_metadata() -> tuple:
 
 
 class FlowService(pb_grpc.FlowServicer):
-    def __init__(self, cfg: NodeConfig, router: Router):
+    def __init__(self, cfg: NodeConfig, router: Router, dispatchers: list):
         self.cfg = cfg
         self.router = router
+        self.dispatchers = dispatchers
 
     @rpc
     async def StartWorkflow(self, request, context):
@@ -224,7 +236,8 @@ class FlowService(pb_grpc.FlowServicer):
             data = commands.start_workflow(
                 request_id=request_id, time_ms=int(time.time() * 1000), workflow_id=workflow_id,
                 workflow_type=workflow_type, input_payload=payload, run_id=uuid.uuid4().hex,
-                reuse_policy=policy)
+                reuse_policy=policy, execution_timeout_ms=request.execution_timeout_ms,
+                allow_undeclared_type=request.allow_undeclared_type)
             ok = await replica.propose(data)
             return pb.StartWorkflowResponse(run_id=ok["run_id"], started=ok["started"], shard=shard)
 
@@ -250,6 +263,91 @@ class FlowService(pb_grpc.FlowServicer):
         async def remote(address):
             return await self.router.flow_stub(address).DescribeWorkflow(
                 request, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S)
+
+        return await self.router.on_leader(shard, context, local, remote)
+
+    async def _close_request(self, kind: str, request, context, method: str):
+        workflow_id = validate.workflow_id(request.workflow_id)
+        run_id = validate.run_id(request.run_id) if request.run_id else None
+        request_id = validate.request_id(request.request_id or uuid.uuid4().hex)
+        reason = request.reason[:4096]
+        shard = self.router.shard_of(workflow_id)
+
+        async def local(replica):
+            return await replica.propose(commands.close_request(
+                kind, request_id=request_id, time_ms=int(time.time() * 1000),
+                workflow_id=workflow_id, run_id=run_id, reason=reason))
+
+        async def remote(address):
+            forwarded = type(request)()
+            forwarded.CopyFrom(request)
+            forwarded.request_id = request_id
+            answer = await getattr(self.router.flow_stub(address), method)(
+                forwarded, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S)
+            return {"run_id": answer.run_id}
+
+        return (await self.router.on_leader(shard, context, local, remote))["run_id"]
+
+    @rpc
+    async def CancelWorkflow(self, request, context):
+        run_id = await self._close_request(commands.CANCEL_WORKFLOW, request, context,
+                                           "CancelWorkflow")
+        return pb.CancelWorkflowResponse(run_id=run_id)
+
+    @rpc
+    async def TerminateWorkflow(self, request, context):
+        run_id = await self._close_request(commands.TERMINATE_WORKFLOW, request, context,
+                                           "TerminateWorkflow")
+        return pb.TerminateWorkflowResponse(run_id=run_id)
+
+    @rpc
+    async def GetWorkflowHistory(self, request, context):
+        workflow_id = validate.workflow_id(request.workflow_id)
+        run_id = validate.run_id(request.run_id) if request.run_id else None
+        page_size = min(request.page_size or limits.history_page_size_default,
+                        limits.history_page_size_max)
+        shard = self.router.shard_of(workflow_id)
+
+        async def local(replica):
+            page = await replica.read(lambda txn: queries.history_page(
+                txn, workflow_id, run_id, after_event_id=request.after_event_id,
+                page_size=page_size))
+            return pb.GetWorkflowHistoryResponse(
+                run_id=page["run_id"], events=[codec.pack(e) for e in page["events"]],
+                more=page["more"])
+
+        async def remote(address):
+            return await self.router.flow_stub(address).GetWorkflowHistory(
+                request, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S)
+
+        return await self.router.on_leader(shard, context, local, remote)
+
+    @rpc
+    async def WaitWorkflow(self, request, context):
+        workflow_id = validate.workflow_id(request.workflow_id)
+        run_id = validate.run_id(request.run_id) if request.run_id else None
+        wait_s = min(request.wait_ms, limits.wait_workflow_ms_max) / 1000
+        shard = self.router.shard_of(workflow_id)
+
+        async def local(replica):
+            dispatcher = self.dispatchers[shard]
+            waiter = dispatcher.closed_waiter(workflow_id)  # before the read: no lost wake-up
+            try:
+                record = await replica.read(lambda txn: queries.describe(txn, workflow_id, run_id))
+                if record["status"] == model.RUNNING and wait_s > 0:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(waiter), wait_s)
+                    except TimeoutError:
+                        pass
+                    record = await replica.read(
+                        lambda txn: queries.describe(txn, workflow_id, run_id))
+            finally:
+                dispatcher.drop_waiter(workflow_id, waiter)
+            return pb.DescribeWorkflowResponse(workflow=workflow_info(record, shard))
+
+        async def remote(address):
+            return await self.router.flow_stub(address).WaitWorkflow(
+                request, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S + wait_s)
 
         return await self.router.on_leader(shard, context, local, remote)
 

@@ -19,20 +19,22 @@ REJECT_DUPLICATE: WorkflowIdReusePolicy
 TERMINATE_IF_RUNNING: WorkflowIdReusePolicy
 
 class StartWorkflowRequest(_message.Message):
-    __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id", "execution_timeout_ms")
+    __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id", "execution_timeout_ms", "allow_undeclared_type")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     REUSE_POLICY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNDECLARED_TYPE_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     workflow_type: str
     input: bytes
     reuse_policy: WorkflowIdReusePolicy
     request_id: str
     execution_timeout_ms: int
-    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., reuse_policy: _Optional[_Union[WorkflowIdReusePolicy, str]] = ..., request_id: _Optional[str] = ..., execution_timeout_ms: _Optional[int] = ...) -> None: ...
+    allow_undeclared_type: bool
+    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., reuse_policy: _Optional[_Union[WorkflowIdReusePolicy, str]] = ..., request_id: _Optional[str] = ..., execution_timeout_ms: _Optional[int] = ..., allow_undeclared_type: _Optional[bool] = ...) -> None: ...
 
 class StartWorkflowResponse(_message.Message):
     __slots__ = ("run_id", "started", "shard")
@@ -53,7 +55,7 @@ class DescribeWorkflowRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class WorkflowInfo(_message.Message):
-    __slots__ = ("workflow_id", "run_id", "workflow_type", "status", "start_time_ms", "close_time_ms", "attempt", "history_length", "shard", "result", "failure", "queued_on")
+    __slots__ = ("workflow_id", "run_id", "workflow_type", "status", "start_time_ms", "close_time_ms", "attempt", "history_length", "shard", "result", "failure", "queued_on", "workflow_task_failure", "open_tasks", "cancel_requested")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +68,9 @@ class WorkflowInfo(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     QUEUED_ON_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TASK_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    OPEN_TASKS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     run_id: str
     workflow_type: str
@@ -78,7 +83,10 @@ class WorkflowInfo(_message.Message):
     result: bytes
     failure: str
     queued_on: str
-    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ...) -> None: ...
+    workflow_task_failure: str
+    open_tasks: int
+    cancel_requested: bool
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ..., workflow_task_failure: _Optional[str] = ..., open_tasks: _Optional[int] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
 
 class DescribeWorkflowResponse(_message.Message):
     __slots__ = ("workflow",)

@@ -8,7 +8,9 @@ randomness are arguments) and the shell that drives the streams:
                         unsent completion). Unacked completions are resent, with the same
                         request ids, on the next stream, and on the same stream when no
                         answer came within `ack_timeout_s`. Acked and rejected ones are
-                        dropped. `full` says the resend buffer reached its bound.
+                        dropped. `full` says the resend buffer reached its bound; the
+                        shard then gets no credit, so the buffer holds at most its bound
+                        plus the shard's share (items already running when it filled).
     CreditLedger        the slots of every shard: what runs, what Flow may still send, and
                         the slots freed since the last `credit` message (sent as one
                         message per flush; withheld while the shard's resend buffer is full
@@ -73,6 +75,7 @@ LEASE_MS_FALLBACK = 10_000       # if Flow's `accepted` names no lease
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MIN_S = 0.05
+FAILURES_LOGGED_EVERY = 30       # reconnect failures in a row: log one in this many at INFO
 HEARTBEAT_INTERVAL_MAX_S = 2 * KEEPALIVE_TIME_MS / 1000
 
 assert BATCH_BYTES_MAX < limits.grpc_message_bytes_max
@@ -399,6 +402,8 @@ class ShardSession:
         self.address: str | None = None
         self.wake = asyncio.Event()   # set when there may be something to send
         self._backoff = Backoff(rng)
+        self._failures = 0   # session attempts that failed since the last accepted one
+        self._accepted = False  # the current attempt got `accepted`
         self._on_reconnect = on_reconnect or (lambda shard: None)
 
     async def run(self) -> None:
@@ -408,21 +413,33 @@ class ShardSession:
             address = hint or await self.shard_map.leader(self.shard, newer_than_s=failed_s)
             hint = None
             if address is None:
-                log.info("shard %d has no known leader; retrying", self.shard)
+                self._log_failure("shard %d has no known leader; retrying", self.shard)
             else:
+                self._accepted = False
                 try:
                     await self._one_session(address)
                 except NotLeader as exc:
                     hint = exc.hint or None
-                    log.info("shard %d: %s is %s; reconnecting", self.shard, address, exc)
+                    self._log_failure("shard %d: %s is %s; reconnecting", self.shard, address, exc)
                 except (grpc.aio.AioRpcError, SessionEnded, TimeoutError) as exc:
-                    log.info("shard %d: session with %s ended: %s; reconnecting", self.shard,
-                             address, _describe(exc))
+                    self._log_failure("shard %d: session with %s ended: %s; reconnecting",
+                                      self.shard, address, _describe(exc))
                 except Exception:  # a bug here must not end the session for good
                     log.exception("shard %d: session with %s failed", self.shard, address)
             failed_s = time.monotonic()
             self._on_reconnect(self.shard)
             await asyncio.sleep(self._backoff.next_s())
+
+    def _log_failure(self, message: str, *args) -> None:
+        """INFO for the first failure in a row and every FAILURES_LOGGED_EVERY-th after it;
+        DEBUG between (a cluster that is down for a minute must not flood the log)."""
+        if self._accepted:  # an established session ended: not a failed attempt
+            log.info(message, *args)
+            return
+        self._failures += 1
+        level = logging.INFO if self._failures % FAILURES_LOGGED_EVERY == 1 else logging.DEBUG
+        suffix = f" (failure {self._failures} in a row)" if self._failures > 1 else ""
+        log.log(level, message + suffix, *args)
 
     async def _one_session(self, address: str) -> None:
         self.address = address
@@ -437,8 +454,11 @@ class ShardSession:
                 raise SessionEnded(f"expected `accepted` first, got {kind or 'end of stream'}")
             self.connected = True
             self._backoff.reset()
-            log.info("shard %d: session with %s accepted (lease %d ms)", self.shard, address,
-                     first.accepted.lease_ms)
+            log.info("shard %d: session with %s accepted (lease %d ms)%s", self.shard, address,
+                     first.accepted.lease_ms,
+                     f" after {self._failures} failed attempts" if self._failures else "")
+            self._failures = 0
+            self._accepted = True
             self.host.on_accepted(self.shard, first.accepted, address)
             await self._serve(call, first.accepted.lease_ms or LEASE_MS_FALLBACK)
         finally:

@@ -59,6 +59,8 @@ POOL_START_S = 120.0          # workers import the user's module: allow a slow i
 SHUTDOWN_POLL_S = 0.05
 # A completion must fit one replicated command (the shard commits it in one).
 COMPLETION_BYTES_MAX = limits.command_bytes_max - limits.command_envelope_bytes_max
+# Task heartbeat details carried by one lease heartbeat (each is also <= the payload limit).
+HEARTBEAT_DETAILS_BYTES_MAX = COMPLETION_BYTES_MAX
 FAILURE_MESSAGE_CHARS_MAX = 8 * 1024
 FAILURE_STACK_CHARS_MAX = 32 * 1024
 BUILD_ID_FILES_MAX = 10_000
@@ -431,8 +433,7 @@ class Supervisor:
             if not work.done():
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-                return default
-        return work.result()
+        return default if work.cancelled() else work.result()
 
     # --- SessionHost: what the shard sessions ask and report ---------------------------
 
@@ -491,7 +492,9 @@ class Supervisor:
         self.metrics.unacked.labels(str(shard)).set(len(batcher))
 
     def outgoing(self, shard: int, now_s: float) -> list[pb.SupervisorMessage]:
-        """Due completion batches, then the credit freed since the last flush."""
+        """Due completion batches, then the credit freed since the last flush. Credit rides
+        with the completions' flush (one message, not one per finished item); it goes alone
+        only when no completion waits (credit released by acks, a duplicate dispatch)."""
         batcher = self.batchers[shard]
         stale = batcher.requeue_stale(now_s)
         if stale:
@@ -503,7 +506,10 @@ class Supervisor:
             batch = batcher.take_batch(now_s)
             self.metrics.completions_sent.labels(str(shard)).inc(len(batch))
             messages.append(pb.SupervisorMessage(completions=pb.CompletionBatch(completions=batch)))
-        grant = self.ledger.take_grant(shard, blocked=batcher.full)
+        if messages or not batcher.unsent:
+            grant = self.ledger.take_grant(shard, blocked=batcher.full)
+        else:
+            grant = 0
         if grant:
             self.metrics.credit_granted.labels(str(shard)).inc(grant)
             messages.append(pb.SupervisorMessage(credit=pb.Credit(slots=grant)))
@@ -516,10 +522,9 @@ class Supervisor:
         """The lease heartbeat, with the latest details of each task heartbeat since the
         last one (bounded: what doesn't fit waits for the next heartbeat)."""
         tasks, size_bytes = [], 0
-        for item_id in [i for i, item in self._items.items() if item.shard == shard
-                        and i in self._task_heartbeats]:
+        for item_id in [i for i in self._task_heartbeats if self._items[i].shard == shard]:
             item, details = self._items[item_id], self._task_heartbeats[item_id]
-            if size_bytes + len(details) > COMPLETION_BYTES_MAX and tasks:
+            if size_bytes + len(details) > HEARTBEAT_DETAILS_BYTES_MAX and tasks:
                 break
             del self._task_heartbeats[item_id]
             size_bytes += len(details)

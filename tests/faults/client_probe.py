@@ -75,6 +75,7 @@ async def _once_start(channel, req: dict, timeout: float):
         input=codec.encode_payload(req.get("args") or {}, what="args",
                                    limit_bytes=limits.payload_bytes_default),
         reuse_policy=REUSE_ENUM[req.get("reuse_policy", "ALLOW_DUPLICATE")],
+        allow_undeclared_type=True,
         request_id=req.get("request_id") or uuid.uuid4().hex), timeout=timeout)
     return {"run_id": answer.run_id, "started": answer.started, "shard": answer.shard}
 
@@ -165,7 +166,7 @@ class _Server:
         from coda.client.client import Client
 
         timeout = float(req.get("timeout", 30.0))
-        async with Client(req["target"], timeout_s=timeout) as client:
+        async with Client(req["target"], timeout_s=timeout, allow_undeclared_types=True) as client:
             op = req["op"]
             handler = _RETRYING.get(op)
             if handler is None:

@@ -144,7 +144,7 @@ class Writer(threading.Thread):
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        async with Client(self.cluster.address, timeout_s=self.timeout_s) as client:
+        async with Client(self.cluster.address, timeout_s=self.timeout_s, allow_undeclared_types=True) as client:
             await asyncio.gather(*(self._worker(client) for _ in range(self.concurrency)))
 
     async def _worker(self, client: Client) -> None:

@@ -199,7 +199,7 @@ class Cluster:
             address = self.nodes[node]["client"]
         else:
             address = self.address_of(node)
-        return SyncClient(address, timeout_s=timeout_s)
+        return SyncClient(address, timeout_s=timeout_s, allow_undeclared_types=True)
 
     def status(self, via=None) -> dict:
         with self.client(via, timeout_s=5.0) as c:
@@ -311,7 +311,7 @@ def describe_many(address: str, workflow_ids, concurrency: int = 64) -> dict[str
     """workflow id -> describe answer (or the CodaError raised), many calls in flight."""
     async def run() -> dict:
         gate = asyncio.Semaphore(concurrency)
-        async with Client(address, timeout_s=60.0) as client:
+        async with Client(address, timeout_s=60.0, allow_undeclared_types=True) as client:
             async def one(wid):
                 async with gate:
                     try:
@@ -368,7 +368,7 @@ class StartStream:
                 yield wid
 
     def _run(self, shard: int) -> None:
-        with SyncClient(self.address, timeout_s=self.timeout_s) as client:
+        with SyncClient(self.address, timeout_s=self.timeout_s, allow_undeclared_types=True) as client:
             for wid in self._ids(shard):
                 if self._stop.is_set():
                     return
@@ -414,7 +414,7 @@ def start_many(address: str, workflow_ids, *, workflow_type: str = "bulk",
     workflow id -> run id. Any failure, an unknown outcome included, is raised."""
     async def run() -> dict:
         gate = asyncio.Semaphore(concurrency)
-        async with Client(address, timeout_s=60.0) as client:
+        async with Client(address, timeout_s=60.0, allow_undeclared_types=True) as client:
             async def one(wid):
                 async with gate:
                     handle = await client.start_workflow(workflow_type, {"id": wid},

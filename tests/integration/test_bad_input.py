@@ -172,14 +172,14 @@ def test_input_that_is_not_msgpack(cluster, stubs, data):
 
 def test_payload_over_the_client_limit(cluster):
     async def run():
-        async with coda.Client(cluster.address) as client:
+        async with coda.Client(cluster.address, allow_undeclared_types=True) as client:
             big = {"blob": b"x" * (limits.payload_bytes_default + 1)}
             with pytest.raises(PayloadError, match="over the limit") as info:
                 await client.start_workflow("big", big, workflow_id="big-client")
             assert info.value.details["limit_bytes"] == limits.payload_bytes_default
             with pytest.raises(PayloadError, match="can't be encoded"):
                 await client.start_workflow("big", {"x": object()}, workflow_id="big-client")
-            async with coda.Client(cluster.address, payload_bytes_max=1024) as small:
+            async with coda.Client(cluster.address, payload_bytes_max=1024, allow_undeclared_types=True) as small:
                 with pytest.raises(PayloadError, match="1024"):
                     await small.start_workflow("big", {"blob": b"x" * 1024},
                                                workflow_id="big-client")

@@ -621,7 +621,8 @@ class ShardMachine(RuleBasedStateMachine):
 
     def _check_requests(self, txn, m: Model) -> None:
         stored = {key.decode(): codec.unpack(raw) for key, raw in txn.scan(keys.REQUESTS)}
-        assert stored == {rid: {"time_ms": t, "result": result}
+        stored = {rid: dict(s, result=comparable(s["result"])) for rid, s in stored.items()}
+        assert stored == {rid: {"time_ms": t, "result": comparable(result)}
                           for rid, (t, result) in m.requests.items()}
         by_time = [key for key, _ in txn.scan(keys.REQUESTS_BY_TIME)]
         assert by_time == sorted(keys.request_time_key(t, rid)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import time
 
 import pytest
 
@@ -178,7 +180,6 @@ def test_dispatches_beyond_the_credit_are_flagged_and_stopping_grants_nothing():
 
 
 def test_backoff_doubles_to_its_cap_with_jitter_and_resets():
-    import random
     backoff = Backoff(random.Random(7), initial_s=0.05, max_s=1.0)
     delays = [backoff.next_s() for _ in range(8)]
     assert 0.025 <= delays[0] <= 0.05
@@ -290,12 +291,21 @@ def test_a_dispatch_goes_to_the_pool_and_its_result_back_with_one_credit():
     sup.on_event({"op": "done", "id": first, "result": b"\x01"})
     sup.on_event({"op": "done", "id": second, "error": {"type": "E", "message": "m"}})
     sup.on_event({"op": "done", "id": second, "result": b"\x02"})  # late repeat: ignored
-    import time
     out = messages_of(sup, 1, time.monotonic() + 1)
     assert [[c.task_key for c in batch] for batch in out["completions"]] == \
         [["normalize/1", "normalize/2"]]
     assert out["credit"] == 2  # one credit message for both
     assert messages_of(sup, 0, time.monotonic() + 1) == {"completions": [], "credit": 0}
+
+
+def test_credit_waits_for_the_flush_of_the_completions_that_freed_it():
+    sup, pool = make_supervisor(shards=1)
+    sup.on_dispatches(0, [task_dispatch(1)])
+    sup.on_event({"op": "done", "id": pool.submitted[0]["id"], "result": b"\x01"})
+    now_s = time.monotonic()
+    assert messages_of(sup, 0, now_s) == {"completions": [], "credit": 0}
+    out = messages_of(sup, 0, now_s + 0.02)
+    assert len(out["completions"]) == 1 and out["credit"] == 1
 
 
 def test_acks_drop_rejections_are_logged_and_a_reconnect_lists_what_is_unanswered(caplog):

@@ -1,0 +1,330 @@
+"""The leader's side of execution for one shard: dispatch, timers, supervisor leases.
+
+Runs on the node's asyncio loop and acts only while this node leads the shard. Every
+decision it makes is a proposed command, re-checked by the state machine when it applies
+(the dispatcher reads the leader's LMDB without a barrier: a stale read only proposes an
+assignment or a timer firing that apply then finds stale and skips).
+
+- Dispatch: supervisors' sessions grant credit; each round, every session with credit
+  (in rotating order) gets queue entries of its types, committed in one `assign`, then
+  sent as one `dispatches` message built from the committed state.
+- Timers: due timers are fired by `fire_timers` (apply checks the stamped time again).
+- Leases: a supervisor that has assignments and no live, heartbeating session for its
+  lease is expired by `expire_supervisor`. A new leader gives every supervisor that holds
+  assignments one full lease of grace, since it cannot know when it was last heard from.
+- Effects of committed commands: closed workflows wake `WaitWorkflow` long polls; tasks
+  to stop are sent to their supervisor's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from coda.api import flow_pb2 as pb
+from coda.errors import CodaError, ResourceExhausted
+from coda.flow import commands, limits, metrics
+from coda.flow.replica import ShardReplica
+from coda.storage import codec, keys
+
+log = logging.getLogger(__name__)
+
+LEADERSHIP_POLL_S = 0.1
+DISPATCH_IDLE_S = 0.25
+TIMER_POLL_S = 0.05
+LEASE_POLL_S = 0.25
+
+
+@dataclass
+class Session:
+    supervisor_id: str
+    queues: tuple[str, ...]           # durable queues it takes work from
+    credit: int
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    open: bool = True
+
+    def send(self, message: pb.FlowMessage | None) -> None:
+        if self.open:
+            self.outbox.put_nowait(message)
+
+    def end(self, leader_hint: str | None) -> None:
+        if self.open:
+            self.outbox.put_nowait(pb.FlowMessage(not_leader_hint=leader_hint or ""))
+            self.outbox.put_nowait(None)
+            self.open = False
+
+
+def queues_of(workflow_types, task_types) -> tuple[str, ...]:
+    return tuple([keys.workflow_queue_name(t) for t in workflow_types]
+                 + [keys.task_queue_name(t) for t in task_types])
+
+
+class ShardDispatcher:
+    def __init__(self, replica: ShardReplica, lease_ms: int):
+        self.replica = replica
+        self.shard = replica.shard
+        self.lease_s = lease_ms / 1000
+        self.active = False
+        self.sessions: dict[str, Session] = {}
+        self._heard_s: dict[str, float] = {}      # supervisor -> when last heard (monotonic)
+        self._kick = asyncio.Event()
+        self._claimed: set[tuple[str, int]] = set()  # queue entries in an assign in flight
+        self._firing: set[bytes] = set()
+        self._waiters: dict[str, set[asyncio.Future]] = {}
+        self._waiting = 0
+        self._rotation = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        replica.effects_listener = self.on_effects
+        replica.commit_listener = self.kick
+
+    # --- leadership ----------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            leading = self.replica.is_leader()
+            if leading and not self.active:
+                self._activate()
+            elif not leading and self.active:
+                self._deactivate()
+            await asyncio.sleep(LEADERSHIP_POLL_S)
+
+    def _activate(self) -> None:
+        self.active = True
+        now = time.monotonic()
+        with self.replica.store.read() as txn:
+            for raw_key, _ in txn.scan(keys.ASSIGNMENTS):
+                sid = raw_key.split(keys.SEP, 1)[0].decode()
+                self._heard_s.setdefault(sid, now)
+        log.info("shard %d: dispatching as leader (%d supervisors hold work)", self.shard,
+                 len(self._heard_s))
+        self._tasks = [asyncio.create_task(loop()) for loop in
+                       (self._dispatch_loop, self._timer_loop, self._lease_loop)]
+
+    def stop(self) -> None:
+        if self.active:
+            self._deactivate()
+
+    def _deactivate(self) -> None:
+        self.active = False
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        hint = self.replica.leader_hint()
+        for session in list(self.sessions.values()):
+            session.end(hint)
+        self.sessions.clear()
+        self._heard_s.clear()
+        self._claimed.clear()
+        self._firing.clear()
+        log.info("shard %d: stopped dispatching (leader now %s)", self.shard, hint)
+
+    # --- sessions ------------------------------------------------------------------------
+    def attach(self, supervisor_id: str, queues: tuple[str, ...], credit: int) -> Session:
+        old = self.sessions.get(supervisor_id)
+        if old is not None:
+            old.end(None)  # a reconnect replaces the old stream
+        session = Session(supervisor_id, queues, credit)
+        self.sessions[supervisor_id] = session
+        self.heard(supervisor_id)
+        self.kick()
+        return session
+
+    def detach(self, session: Session) -> None:
+        session.open = False
+        if self.sessions.get(session.supervisor_id) is session:
+            del self.sessions[session.supervisor_id]
+
+    def heard(self, supervisor_id: str) -> None:
+        self._heard_s[supervisor_id] = time.monotonic()
+
+    def add_credit(self, session: Session, slots: int) -> None:
+        session.credit = min(session.credit + slots, limits.session_credit_max)
+        self.kick()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    # --- dispatch ------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), DISPATCH_IDLE_S)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            sessions = [s for s in self.sessions.values() if s.open and s.credit > 0]
+            if not sessions:
+                continue
+            start = next(self._rotation) % len(sessions)
+            picks = []
+            with self.replica.store.read() as txn:
+                for session in sessions[start:] + sessions[:start]:
+                    items = self._pick(txn, session)
+                    if items:
+                        picks.append((session, items))
+            if picks:
+                await asyncio.gather(*(self._assign(s, items) for s, items in picks))
+
+    def _pick(self, txn, session: Session) -> list[list]:
+        wanted = min(session.credit, limits.assign_items_max)
+        items = []
+        for queue in session.queues:
+            for raw_key, _ in txn.scan(keys.QUEUES, prefix=keys.queue_prefix(queue)):
+                seq = keys.from_u64(raw_key[-8:])
+                if (queue, seq) in self._claimed:
+                    continue
+                items.append([queue, seq])
+                self._claimed.add((queue, seq))
+                if len(items) >= wanted:
+                    break
+            if len(items) >= wanted:
+                break
+        session.credit -= len(items)
+        return items
+
+    async def _assign(self, session: Session, items: list[list]) -> None:
+        try:
+            ok = await self.replica.propose(commands.assign(
+                time_ms=now_ms(), supervisor_id=session.supervisor_id, items=items))
+            assigned = ok["assigned"]
+        except CodaError as exc:
+            log.warning("shard %d: assign to %s failed: %s", self.shard,
+                        session.supervisor_id, exc)
+            assigned = []
+            await asyncio.sleep(0.05)
+        finally:
+            for queue, seq in items:
+                self._claimed.discard((queue, seq))
+        session.credit += len(items) - len(assigned)
+        if assigned:
+            with self.replica.store.read() as txn:
+                message = pb.Dispatches(items=[dispatch_of(txn, item) for item in assigned])
+            session.send(pb.FlowMessage(dispatches=message))
+            metrics.dispatched.labels(str(self.shard)).inc(len(assigned))
+        if len(assigned) < len(items):
+            self.kick()
+
+    # --- timers --------------------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        while True:
+            due, next_fire_ms = self._due_timers()
+            if due:
+                self._firing.update(due)
+                try:
+                    await self.replica.propose(commands.fire_timers(time_ms=now_ms(),
+                                                                    timer_keys=due))
+                except CodaError as exc:
+                    log.warning("shard %d: firing timers failed: %s", self.shard, exc)
+                    await asyncio.sleep(TIMER_POLL_S)
+                finally:
+                    self._firing.difference_update(due)
+                continue
+            wait_s = TIMER_POLL_S if next_fire_ms is None else max(
+                0.0, min(TIMER_POLL_S, (next_fire_ms - now_ms()) / 1000))
+            await asyncio.sleep(wait_s)
+
+    def _due_timers(self) -> tuple[list[bytes], int | None]:
+        due: list[bytes] = []
+        current_ms = now_ms()
+        with self.replica.store.read() as txn:
+            for key, _ in txn.scan(keys.TIMERS):
+                fire_ms = keys.timer_fire_ms(key)
+                if fire_ms > current_ms:
+                    return due, fire_ms
+                if key not in self._firing:
+                    due.append(bytes(key))
+                if len(due) >= limits.timers_per_fire_max:
+                    break
+        return due, None
+
+    # --- leases --------------------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_POLL_S)
+            now = time.monotonic()
+            for sid, heard_s in list(self._heard_s.items()):
+                if now - heard_s <= self.lease_s:
+                    continue
+                session = self.sessions.get(sid)
+                if session is not None:
+                    session.end(None)
+                    self.detach(session)
+                await self._expire(sid)
+
+    async def _expire(self, supervisor_id: str) -> None:
+        try:
+            ok = await self.replica.propose(commands.expire_supervisor(
+                time_ms=now_ms(), supervisor_id=supervisor_id))
+        except CodaError as exc:
+            log.warning("shard %d: expiring supervisor %s failed: %s", self.shard,
+                        supervisor_id, exc)
+            return
+        if supervisor_id not in self.sessions:
+            self._heard_s.pop(supervisor_id, None)
+        metrics.supervisors_expired.labels(str(self.shard)).inc()
+        log.warning("shard %d: supervisor %s lease expired; %d items re-queued", self.shard,
+                    supervisor_id, ok["requeued"])
+        self.kick()
+
+    # --- effects and waiters -------------------------------------------------------------
+    def on_effects(self, effects: dict) -> None:
+        for workflow_id in effects.get("closed", ()):
+            for waiter in self._waiters.pop(workflow_id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        by_supervisor: dict[str, list] = {}
+        for sid, wid, run_id, key, attempt in effects.get("cancel", ()):
+            by_supervisor.setdefault(sid, []).append(pb.RunningItem(
+                workflow_id=wid, run_id=run_id, task_key=key, attempt=attempt))
+        for sid, items in by_supervisor.items():
+            session = self.sessions.get(sid)
+            if session is not None:
+                session.send(pb.FlowMessage(cancel=pb.RunningItems(items=items)))
+
+    def closed_waiter(self, workflow_id: str) -> asyncio.Future:
+        self._waiting += 1
+        if self._waiting > limits.workflow_waiters_max:
+            self._waiting -= 1
+            raise ResourceExhausted(f"shard {self.shard} has {limits.workflow_waiters_max} "
+                                    "result waits open; poll describe instead", shard=self.shard)
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(workflow_id, set()).add(future)
+        return future
+
+    def drop_waiter(self, workflow_id: str, future: asyncio.Future) -> None:
+        waiters = self._waiters.get(workflow_id)
+        self._waiting -= 1
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[workflow_id]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def dispatch_of(txn, item: dict) -> pb.Dispatch:
+    """The Dispatch message of a committed assignment, from the committed state."""
+    wid, run_id = item["workflow_id"], item["run_id"]
+    if item["kind"] == "wft":
+        events = []
+        for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(wid, run_id)):
+            event = codec.unpack(raw)
+            if event["event_id"] > item["history_length"]:
+                break  # what the assignment saw, even if more was appended since
+            events.append(event)
+        return pb.Dispatch(
+            workflow_id=wid, run_id=run_id, task_key="", type_name=item["workflow_type"],
+            attempt=item["attempt"], input=events[0]["input"] if events else b"",
+            history=codec.pack(events), workflow_attempt=item["workflow_attempt"],
+            start_time_ms=item["start_time_ms"])
+    task = codec.unpack(txn.get(keys.TASKS, keys.task_key(wid, run_id, item["key"])))
+    return pb.Dispatch(
+        workflow_id=wid, run_id=run_id, task_key=item["key"], type_name=task["task"],
+        attempt=item["attempt"], input=task["args"] or b"",
+        idempotency_key=task["idempotency_key"],
+        heartbeat_details=task.get("heartbeat_details") or b"",
+        start_to_close_timeout_ms=task["timeouts_ms"].get("start_to_close_timeout") or 0)

@@ -1,0 +1,178 @@
+"""gRPC `SupervisorSessions.Session`: one stream per (supervisor, shard), with the leader.
+
+The first message is the hello. A node that does not lead the shard answers
+`not_leader_hint` and ends the stream. Otherwise the hello is committed
+(`register_supervisor`: declared types, and what the supervisor still runs, so lost
+dispatches are re-queued), the session joins the shard's dispatcher, and the stream
+carries credit, heartbeats and completions one way, dispatches, acks and cancels the other.
+Each completion is its own command (its own atomic apply and dedup by request id), all of
+one message proposed together so Raft batches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from coda.api import flow_pb2 as pb
+from coda.api import flow_pb2_grpc as pb_grpc
+from coda.errors import CodaError, InvalidArgument, NotLeader
+from coda.flow import commands, limits, metrics, validate
+from coda.flow.config import NodeConfig
+from coda.flow.dispatcher import ShardDispatcher, now_ms, queues_of
+from coda.storage import codec
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+
+
+class SessionService(pb_grpc.SupervisorSessionsServicer):
+    def __init__(self, cfg: NodeConfig, dispatchers: list[ShardDispatcher]):
+        self.cfg = cfg
+        self.dispatchers = dispatchers
+
+    async def Session(self, request_iterator, context):
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        hello = first.hello if first.WhichOneof("body") == "hello" else None
+        try:
+            dispatcher = self._dispatcher_for(hello)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+            return
+        replica = dispatcher.replica
+        if not dispatcher.active:
+            yield pb.FlowMessage(not_leader_hint=replica.leader_hint() or "")
+            return
+        try:
+            await replica.propose(commands.register_supervisor(
+                time_ms=now_ms(), supervisor_id=hello.supervisor_id, build_id=hello.build_id,
+                workflow_types=list(hello.workflow_types), task_types=list(hello.task_types),
+                running=[[r.workflow_id, r.run_id, r.task_key, r.attempt] for r in hello.running]))
+        except CodaError as exc:
+            log.info("shard %d: hello of %s not committed: %s", replica.shard,
+                     hello.supervisor_id, exc)
+            yield pb.FlowMessage(not_leader_hint=replica.leader_hint() or "")
+            return
+        session = dispatcher.attach(hello.supervisor_id,
+                                    queues_of(hello.workflow_types, hello.task_types),
+                                    min(hello.slots, limits.session_credit_max))
+        metrics.supervisor_sessions.labels(str(replica.shard)).inc()
+        log.info("shard %d: supervisor %s connected (%d slots)", replica.shard,
+                 hello.supervisor_id, hello.slots)
+        yield pb.FlowMessage(accepted=pb.SessionAccepted(
+            lease_ms=int(dispatcher.lease_s * 1000), payload_bytes_max=self.cfg.payload_bytes_max))
+        reader = asyncio.create_task(self._read(request_iterator, dispatcher, session))
+        try:
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            dispatcher.detach(session)
+            metrics.supervisor_sessions.labels(str(replica.shard)).dec()
+            log.info("shard %d: supervisor %s session ended", replica.shard,
+                     hello.supervisor_id)
+
+    def _dispatcher_for(self, hello) -> ShardDispatcher:
+        if hello is None:
+            raise InvalidArgument("a session starts with a hello", field="hello")
+        validate.identifier(hello.supervisor_id, "supervisor_id", limits.supervisor_id_bytes_max)
+        if hello.shard >= len(self.dispatchers):
+            raise InvalidArgument(f"shard {hello.shard} does not exist (the cluster has "
+                                  f"{len(self.dispatchers)})", field="shard")
+        return self.dispatchers[hello.shard]
+
+    async def _read(self, request_iterator, dispatcher: ShardDispatcher, session) -> None:
+        pending: set[asyncio.Task] = set()
+        try:
+            async for message in request_iterator:
+                dispatcher.heard(session.supervisor_id)
+                kind = message.WhichOneof("body")
+                if kind == "credit":
+                    dispatcher.add_credit(session, message.credit.slots)
+                elif kind == "heartbeat" and message.heartbeat.tasks:
+                    task = asyncio.create_task(_task_heartbeats(dispatcher, message.heartbeat))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                elif kind == "completions":
+                    task = asyncio.create_task(
+                        _complete(dispatcher, session, message.completions.completions))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream broke: the session ends
+            log.info("shard %d: session of %s read failed: %s", dispatcher.shard,
+                     session.supervisor_id, exc)
+        finally:
+            session.end(None)
+
+
+async def _complete(dispatcher: ShardDispatcher, session, completions) -> None:
+    """Commit each completion; ack what committed, reject what was stale or malformed.
+    A completion whose outcome is unknown gets neither: the supervisor resends it."""
+    replica = dispatcher.replica
+    batch = list(completions)[:limits.completions_per_message_max]
+    results = await asyncio.gather(*(_complete_one(replica, c) for c in batch))
+    acks = pb.CompletionAcks()
+    label = str(replica.shard)
+    for completion, (outcome, reason) in zip(batch, results):
+        metrics.completions.labels(label, outcome).inc()
+        if outcome == "accepted":
+            acks.request_ids.append(completion.request_id)
+        elif outcome == "rejected":
+            acks.rejected.append(pb.Rejection(request_id=completion.request_id, reason=reason))
+        elif isinstance(reason, NotLeader):
+            session.end(replica.leader_hint())
+            return
+    if acks.request_ids or acks.rejected:
+        session.send(pb.FlowMessage(acks=acks))
+
+
+async def _complete_one(replica, completion) -> tuple[str, object]:
+    try:
+        validate.request_id(completion.request_id)
+        kind = completion.WhichOneof("outcome")
+        if kind == "result":
+            outcome = {"result": bytes(completion.result)}
+        elif kind == "failure":
+            f = completion.failure
+            outcome = {"failure": {"type": f.error_type, "message": f.message, "stack": f.stack,
+                                   "non_retryable": f.non_retryable}}
+        elif kind == "workflow_commands":
+            outcome = {"commands": codec.decode_payload(bytes(completion.workflow_commands),
+                                                        what="workflow commands")}
+        else:
+            raise InvalidArgument("a completion needs a result, a failure or commands",
+                                  field="outcome")
+        ok = await replica.propose(commands.complete(
+            time_ms=now_ms(), request_id=completion.request_id,
+            workflow_id=completion.workflow_id, run_id=completion.run_id,
+            key=completion.task_key, attempt=completion.attempt, outcome=outcome))
+    except CodaError as exc:
+        # A malformed or refused completion is final; an unknown outcome is resent.
+        if isinstance(exc, InvalidArgument) or (exc.definite and not exc.retryable):
+            return "rejected", f"{exc.code}: {exc.message}"
+        return "error", exc
+    if "rejected" in ok:
+        return "rejected", ok["rejected"]
+    return "accepted", None
+
+
+async def _task_heartbeats(dispatcher: ShardDispatcher, heartbeat) -> None:
+    for beat in heartbeat.tasks:
+        try:
+            await dispatcher.replica.propose(commands.task_heartbeat(
+                time_ms=now_ms(), workflow_id=beat.workflow_id, run_id=beat.run_id,
+                key=beat.task_key, attempt=beat.attempt, details=bytes(beat.details) or None))
+        except CodaError as exc:
+            log.debug("shard %d: task heartbeat not committed: %s", dispatcher.shard, exc)
+
