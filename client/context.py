@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 import uuid
 
-from coda.client import sdk
+from coda.client import sdk, task_context
 from coda.client.workflow_runtime import CodaFuture, all_of, current_run
 from coda.errors import InvalidArgument
 from coda.flow import validate
 
-__all__ = ["spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id"]
+__all__ = ["spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
+           "heartbeat", "idempotency_key"]
 
 
 def spawn_task(fn_or_name, args: dict | None = None, *, cache_key=None) -> CodaFuture:
@@ -68,3 +69,15 @@ def uuid4() -> uuid.UUID:
 
 def workflow_id() -> str:
     return current_run().info.workflow_id
+
+
+def heartbeat(details=None) -> None:
+    """Inside a task: report progress (and keep a heartbeat timeout from firing). The
+    latest details reach the next attempt if this one fails (`TaskInfo.heartbeat_details`)."""
+    task_context.heartbeat(details)
+
+
+def idempotency_key() -> str:
+    """Inside a task: a key stable across its retries and its workflow's replays; hand it
+    to external services so a retried call is not applied twice."""
+    return task_context.idempotency_key()

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 from coda.client import sdk
 from coda.client.workflow_runtime import RunInfo, WorkflowRun
-from coda.errors import CodaError, InvalidArgument
+from coda import errors
+from coda.errors import InvalidArgument
 from coda.storage import codec
 
 ATTEMPTS_MAX = 100  # a workflow retried more often than this in a test is a bug
 
 
-class WorkflowFailedError(CodaError):
-    """The workflow failed for good (its retry policy is exhausted)."""
-    code = "WORKFLOW_FAILED"
+# The same error a real cluster's handle.result() raises for a failed workflow.
+WorkflowFailedError = errors.WorkflowFailedError
 
 
 @dataclass

@@ -8,9 +8,11 @@ from coda import context, errors, testing
 from coda.client.client import Client, SyncClient, WorkflowHandle
 from coda.client.sdk import RetryPolicy, task, workflow
 from coda.client.workflow_runtime import NonDeterminismError, TaskFailedError
-from coda.errors import CodaError
+from coda.errors import (CodaError, WaitTimeout, WorkflowCancelledError, WorkflowError,
+                         WorkflowFailedError, WorkflowTerminatedError, WorkflowTimedOutError)
 
 __all__ = ["Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
-           "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "testing",
-           "workflow"]
+           "TaskFailedError", "WaitTimeout", "WorkflowCancelledError", "WorkflowError",
+           "WorkflowFailedError", "WorkflowHandle", "WorkflowTerminatedError",
+           "WorkflowTimedOutError", "context", "errors", "task", "testing", "workflow"]
 __version__ = "0.1.0"

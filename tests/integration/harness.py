@@ -8,6 +8,7 @@ and, once the cluster is stopped, open every replica's LMDB to compare contents.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pickle
 import random
@@ -19,7 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 from coda.client.client import Client, SyncClient
 from coda.errors import CodaError, Indeterminate
@@ -30,6 +33,7 @@ from coda.storage import codec, keys
 from coda.storage.env import ShardStore
 
 HOST = "127.0.0.1"
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def _port_free(port: int) -> bool:
@@ -54,7 +58,7 @@ def free_port_block(count: int, rng: random.Random) -> int:
 class Cluster:
     def __init__(self, root: str, *, nodes: int = 3, shards: int = 4, raft: dict | None = None,
                  seed: int | None = None, hosts: list[str] | None = None, wrap=None,
-                 payload_bytes_max: int | None = None):
+                 payload_bytes_max: int | None = None, supervisor_lease_ms: int | None = None):
         """hosts: one address per node (default loopback); wrap(i, argv) -> argv lets a
         test launch node i differently (e.g. `ip netns exec NS` + argv);
         payload_bytes_max: the cluster's payload limit (default: the server's)."""
@@ -74,6 +78,7 @@ class Cluster:
                                "metrics": f"{h}:{b + 1}", "raft": f"{h}:{b + 2}"})
         self.raft = dict(raft or {})
         self.payload_bytes_max = payload_bytes_max
+        self.supervisor_lease_ms = supervisor_lease_ms
         self.procs: list[subprocess.Popen | None] = [None] * nodes
         self.config_paths = [self._write_config(i) for i in range(nodes)]
 
@@ -84,6 +89,8 @@ class Cluster:
                    "raft": self.raft}
         if self.payload_bytes_max is not None:
             mapping["payload_bytes_max"] = self.payload_bytes_max
+        if self.supervisor_lease_ms is not None:
+            mapping["supervisor_lease_ms"] = self.supervisor_lease_ms
         return mapping
 
     def _write_config(self, i: int) -> str:
@@ -451,3 +458,100 @@ def snapshot_point(path: str) -> tuple[int, int]:
         assert magic == SNAPSHOT_MAGIC, path
         last_entry = pickle.loads(f.read(raft_len))[0]
     return applied, last_entry[1]
+
+
+class SupervisorProcess:
+    """`coda supervisor run MODULE --workers N` as a real process, with a health port.
+
+    module_dir goes first on PYTHONPATH (test modules written to tmp dirs); env adds
+    variables (e.g. where a test module counts task executions)."""
+
+    def __init__(self, cluster: Cluster, module: str, *, root: str, workers: int = 2,
+                 module_dir: str | None = None, env: dict | None = None,
+                 supervisor_id: str | None = None, slots: int | None = None,
+                 drain_s: float | None = None):
+        self.cluster = cluster
+        self.module = module
+        self.root = root
+        self.workers = workers
+        self.health_port = free_port_block(1, random.Random())
+        self.supervisor_id = supervisor_id or f"sup-{secrets.token_hex(4)}"
+        self.env = dict(os.environ, CODA_ADDRESS=cluster.address, **(env or {}))
+        paths = [module_dir or ROOT, ROOT]
+        self.env["PYTHONPATH"] = os.pathsep.join(paths + [self.env.get("PYTHONPATH", "")])
+        self.slots = slots
+        self.drain_s = drain_s
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(root, f"{self.supervisor_id}.log")
+
+    def start(self) -> "SupervisorProcess":
+        os.makedirs(self.root, exist_ok=True)
+        argv = [sys.executable, "-m", "coda.client.cli", "supervisor", "run", self.module,
+                "--workers", str(self.workers), "--health-port", str(self.health_port),
+                "--supervisor-id", self.supervisor_id]
+        if self.slots is not None:
+            argv += ["--slots", str(self.slots)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, cwd=self.root)
+        return self
+
+    def health(self, timeout_s: float = 2.0) -> dict:
+        url = f"http://127.0.0.1:{self.health_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:  # 503 while not every shard is connected
+            return json.loads(exc.read())
+
+    def wait_connected(self, timeout_s: float = 60.0) -> dict:
+        """Until every shard has a session (and the workers are up)."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited ({self.proc.returncode}):\n"
+                                     f"{self.read_log()[-3000:]}")
+            try:
+                last = self.health()
+                if last.get("healthy"):
+                    return last
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"supervisor not connected after {timeout_s} s: {last}\n"
+                             f"{self.read_log()[-3000:]}")
+
+    def worker_pids(self) -> list[int]:
+        return list(self.health().get("workers") or [])
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the supervisor and (for SIGKILL) its workers, like a machine dying."""
+        pids = self.worker_pids() if sig == signal.SIGKILL else []
+        self.proc.send_signal(sig)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGKILL:
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"supervisor ignored SIGTERM for {timeout_s} s")
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+    def read_log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()

@@ -5,8 +5,11 @@ import coda
 import coda.context
 
 PUBLIC = {"Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
-          "TaskFailedError", "WorkflowHandle", "context", "errors", "task", "testing", "workflow"}
-CONTEXT = {"spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id"}
+          "TaskFailedError", "WaitTimeout", "WorkflowCancelledError", "WorkflowError",
+          "WorkflowFailedError", "WorkflowHandle", "WorkflowTerminatedError",
+          "WorkflowTimedOutError", "context", "errors", "task", "testing", "workflow"}
+CONTEXT = {"spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
+           "heartbeat", "idempotency_key"}
 
 
 def test_coda_exports_exactly_the_public_names():
