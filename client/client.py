@@ -85,6 +85,9 @@ def workflow_to_dict(info: pb.WorkflowInfo) -> dict:
         "attempt": info.attempt, "history_length": info.history_length, "shard": info.shard,
         "result": codec.decode_payload(info.result, what="result") if info.result else None,
         "failure": info.failure or None, "queued_on": info.queued_on or None,
+        # While RUNNING: why its last workflow task failed (e.g. a NonDeterminismError).
+        "workflow_task_failure": info.workflow_task_failure or None,
+        "open_tasks": info.open_tasks, "cancel_requested": info.cancel_requested,
     }
 
 

@@ -16,7 +16,7 @@ from coda.client.workflow_runtime import CodaFuture, all_of, current_run
 from coda.errors import InvalidArgument
 from coda.flow import validate
 
-__all__ = ["spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
+__all__ = ["spawn_task", "spawn_workflow", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
            "heartbeat", "idempotency_key"]
 
 
@@ -42,6 +42,31 @@ def spawn_task(fn_or_name, args: dict | None = None, *, cache_key=None) -> CodaF
         raise InvalidArgument(f"task args must be a dict of keyword arguments, got "
                               f"{type(args).__name__}", field="args")
     return current_run().spawn_task(name, args or {}, cache_key, options)
+
+
+def spawn_workflow(fn_or_name, args: dict | None = None, *, workflow_id: str | None = None,
+                   execution_timeout: float | None = None) -> CodaFuture:
+    """Start a child workflow (a @coda.workflow function or a type name); await its result.
+
+    `workflow_id` defaults to "<parent id>/child-<n>". The child is started once, however
+    often the parent replays; if it fails, the await raises ChildWorkflowFailedError.
+    """
+    definition = sdk.definition_of(fn_or_name)
+    if isinstance(definition, sdk.WorkflowDefinition):
+        name = definition.name
+        timeout_s = execution_timeout or definition.execution_timeout_s
+    elif isinstance(fn_or_name, str):
+        name, timeout_s = validate.type_name(fn_or_name, "workflow type"), execution_timeout
+    else:
+        raise InvalidArgument(f"spawn_workflow takes a @coda.workflow function or a workflow "
+                              f"type name, got {fn_or_name!r}", field="workflow")
+    if args is not None and not isinstance(args, dict):
+        raise InvalidArgument(f"child workflow args must be a dict of keyword arguments, got "
+                              f"{type(args).__name__}", field="args")
+    if workflow_id is not None:
+        validate.workflow_id(workflow_id)
+    options = {"execution_timeout_ms": int(timeout_s * 1000)} if timeout_s else {}
+    return current_run().spawn_workflow(name, args or {}, workflow_id, options)
 
 
 def await_all(futures) -> CodaFuture:

@@ -54,6 +54,19 @@ class NonDeterminismError(CodaError):
     code = "NON_DETERMINISM"
 
 
+class ChildWorkflowFailedError(CodaError):
+    """A child workflow closed without completing (failed, cancelled, terminated, timed out)."""
+    code = "CHILD_WORKFLOW_FAILED"
+
+    @property
+    def status(self) -> str:
+        return self.details.get("status", "")
+
+    @property
+    def error_type(self) -> str:
+        return self.details.get("error_type", "")
+
+
 class TaskFailedError(CodaError):
     """A task failed for good (its retries, if any, are exhausted)."""
     code = "TASK_FAILED"
@@ -178,6 +191,8 @@ class WorkflowRun:
                 kind = event.get("type")
                 if kind == "TaskScheduled":
                     self._scheduled.append((event["key"], event["task"]))
+                elif kind == "ChildWorkflowScheduled":
+                    self._scheduled.append((event["key"], CHILD_PREFIX + event["workflow_type"]))
                 elif kind in REVEALED_EVENTS:
                     self._unrevealed.append(event)
                 elif kind == "WorkflowTaskCompleted":
@@ -214,6 +229,18 @@ class WorkflowRun:
                 f"task {event['key']} failed: {error.get('type', 'Error')}: "
                 f"{error.get('message', '')}",
                 error_type=error.get("type", ""), key=event["key"]), time_ms)
+        elif kind == "ChildWorkflowClosed":
+            if event.get("status") == "COMPLETED":
+                result = event.get("result")
+                self._results[event["key"]] = (
+                    True, codec.unpack(result) if isinstance(result, bytes) else result, time_ms)
+            else:
+                failure = event.get("failure") or {}
+                self._results[event["key"]] = (False, ChildWorkflowFailedError(
+                    f"child workflow {event.get('workflow_id')} ended {event.get('status')}: "
+                    f"{failure.get('type', 'Error')}: {failure.get('message', '')}",
+                    status=event.get("status"), error_type=failure.get("type", ""),
+                    workflow_id=event.get("workflow_id")), time_ms)
         elif kind == "WorkflowCancelRequested" and self._cancel_reason is None:
             self._cancel_reason = str(event.get("reason") or "cancelled")
             self.now_ms = max(self.now_ms, time_ms)
@@ -313,6 +340,26 @@ class WorkflowRun:
                 "idempotency_key": self.idempotency_key(key)})
         return future
 
+    def spawn_workflow(self, workflow_type: str, args: dict, workflow_id: str | None,
+                       options: dict) -> CodaFuture:
+        """A child workflow: its own run (on whatever shard its id hashes to); the future
+        resolves with its result, or raises ChildWorkflowFailedError."""
+        position = len(self._spawns)
+        child_id = workflow_id or f"{self.info.workflow_id}/child-{position}"
+        key = "w:" + hashlib.blake2b(child_id.encode(), digest_size=12).hexdigest()
+        name = CHILD_PREFIX + workflow_type
+        self._check_matches_history(position, key, name)
+        self._spawns.append((key, name))
+        future = CodaFuture(f"child workflow {workflow_type} ({child_id})")
+        self._futures[key] = future
+        if key in self._results:
+            _settle(future, self._results[key])
+        elif position >= len(self._scheduled):
+            self._pending_commands.append({
+                "type": "StartChildWorkflow", "key": key, "workflow_type": workflow_type,
+                "workflow_id": child_id, "args": codec.pack(args), "options": options})
+        return future
+
     def _check_matches_history(self, position: int, key: str, task_name: str) -> None:
         if position < len(self._scheduled):
             recorded_key, recorded_task = self._scheduled[position]
@@ -339,7 +386,10 @@ class WorkflowRun:
         return _uuid.UUID(int=self.rng.getrandbits(128), version=4)
 
 
-REVEALED_EVENTS = frozenset({"TaskCompleted", "TaskFailed", "WorkflowCancelRequested"})
+REVEALED_EVENTS = frozenset({"TaskCompleted", "TaskFailed", "WorkflowCancelRequested",
+                             "ChildWorkflowClosed"})
+# How a child workflow appears among a run's spawns (beside task names).
+CHILD_PREFIX = "workflow:"
 
 
 def _settle(future: CodaFuture, outcome: tuple[bool, object, int]) -> None:

@@ -26,8 +26,11 @@ ASSIGN = "assign"
 COMPLETE = "complete"
 TASK_HEARTBEAT = "task_heartbeat"
 FIRE_TIMERS = "fire_timers"
+CHILD_CLOSED = "child_closed"
+OUTBOX_DONE = "outbox_done"
 KINDS = (START_WORKFLOW, BARRIER, CANCEL_WORKFLOW, TERMINATE_WORKFLOW, REGISTER_SUPERVISOR,
-         EXPIRE_SUPERVISOR, ASSIGN, COMPLETE, TASK_HEARTBEAT, FIRE_TIMERS)
+         EXPIRE_SUPERVISOR, ASSIGN, COMPLETE, TASK_HEARTBEAT, FIRE_TIMERS, CHILD_CLOSED,
+         OUTBOX_DONE)
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,28 @@ def decode(data) -> Command:
 
 def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_type: str,
                    input_payload: bytes, run_id: str, reuse_policy: str,
-                   execution_timeout_ms: int = 0, allow_undeclared_type: bool = True) -> bytes:
-    return encode(START_WORKFLOW, {
+                   execution_timeout_ms: int = 0, allow_undeclared_type: bool = True,
+                   parent: dict | None = None) -> bytes:
+    body = {
         "request_id": request_id, "time_ms": time_ms, "workflow_id": workflow_id,
         "workflow_type": workflow_type, "input": input_payload, "run_id": run_id,
         "reuse_policy": reuse_policy, "execution_timeout_ms": execution_timeout_ms,
         "allow_undeclared_type": allow_undeclared_type,
-    })
+    }
+    if parent is not None:
+        body["parent"] = parent
+    return encode(START_WORKFLOW, body)
+
+
+def child_closed(*, time_ms: int, entry: dict) -> bytes:
+    """Deliver an outbox entry of kind child_closed to the parent's shard."""
+    return encode(CHILD_CLOSED, {"time_ms": time_ms, "parent": entry["parent"],
+                                 "status": entry["status"], "result": entry.get("result"),
+                                 "failure": entry.get("failure")})
+
+
+def outbox_done(*, time_ms: int, done: list, refused: list) -> bytes:
+    return encode(OUTBOX_DONE, {"time_ms": time_ms, "done": done, "refused": refused})
 
 
 def close_request(kind: str, *, request_id: str, time_ms: int, workflow_id: str,

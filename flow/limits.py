@@ -79,6 +79,8 @@ wait_workflow_ms_max = 60_000
 workflow_waiters_max = 50_000
 # Credit one supervisor session may hold (dispatches it can start without asking).
 session_credit_max = 100_000
+# Outbox entries (messages to other shards) one leader delivers per round.
+outbox_batch_max = 256
 # Completions in one message from a supervisor.
 completions_per_message_max = 1000
 history_page_size_default = 1000

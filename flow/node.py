@@ -19,6 +19,7 @@ from coda.api import flow_pb2_grpc as pb_grpc
 from coda.flow import limits, metrics
 from coda.flow.config import NodeConfig, split_host_port
 from coda.flow.dispatcher import ShardDispatcher
+from coda.flow.outbox import OutboxCourier
 from coda.flow.replica import ShardReplica
 from coda.flow.sessions import SessionService
 from coda.flow.service import (FlowService, PeerService, Router, add_servicer,
@@ -55,7 +56,9 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
 
     router = Router(cfg, replicas)
     dispatchers = [ShardDispatcher(replica, cfg.supervisor_lease_ms) for replica in replicas]
-    dispatcher_tasks = [asyncio.create_task(d.run()) for d in dispatchers]
+    couriers = [OutboxCourier(r, d, router) for r, d in zip(replicas, dispatchers)]
+    dispatcher_tasks = ([asyncio.create_task(d.run()) for d in dispatchers]
+                        + [asyncio.create_task(c.run()) for c in couriers])
     server = grpc.aio.server(options=server_options(),
                              maximum_concurrent_rpcs=limits.grpc_concurrent_rpcs_max)
     add_servicer(server, pb_grpc.add_FlowServicer_to_server,

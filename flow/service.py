@@ -20,7 +20,8 @@ from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
 from coda.errors import (CodaError, Internal, InvalidArgument, NotLeader,
                          Unavailable)
-from coda.flow import commands, limits, listing, metrics, model, queries, validate, wire
+from coda.flow import (commands, limits, listing, metrics, model, outbox, queries, validate,
+                       wire)
 from coda.flow.config import NodeConfig
 from coda.flow.replica import ShardReplica
 from coda.flow.sharding import shard_for
@@ -441,6 +442,7 @@ def local_status(cfg: NodeConfig, replicas: list[ShardReplica]) -> list:
 
 
 class PeerService(pb_grpc.PeerServicer):
+
     def __init__(self, cfg: NodeConfig, router: Router):
         self.cfg = cfg
         self.router = router
@@ -462,3 +464,17 @@ class PeerService(pb_grpc.PeerServicer):
         return pb.ListShardResponse(
             workflows=page["items"],
             resume_after=page["resume_after"] or "", exhausted=page["exhausted"])
+
+    @rpc
+    async def DeliverOutbox(self, request, context):
+        if request.shard >= self.cfg.shards:
+            raise InvalidArgument(f"shard {request.shard} does not exist", field="shard")
+        entry = codec.decode_payload(bytes(request.entry), what="outbox entry")
+        if not isinstance(entry, dict) or entry.get("kind") not in outbox.KINDS:
+            raise InvalidArgument("an outbox entry is a start_child or child_closed map",
+                                  field="entry")
+        try:
+            await outbox.propose_here(self.router.replicas[request.shard], entry)
+        except KeyError as exc:
+            raise InvalidArgument(f"outbox entry lacks {exc}", field="entry") from None
+        return pb.DeliverOutboxResponse()

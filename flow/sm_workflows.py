@@ -18,7 +18,7 @@ from __future__ import annotations
 from coda.errors import AlreadyExists, InvalidArgument, NotFound
 from coda.flow import limits, model, retry, validate
 from coda.flow import sm_common as c
-from coda.flow import sm_tasks
+from coda.flow import sm_children, sm_tasks
 from coda.storage import codec, keys
 
 
@@ -61,6 +61,7 @@ def start(ctx: c.Ctx, body: dict) -> dict:
         "queue": keys.workflow_queue_name(workflow_type), "queue_seq": None,
         "result": None, "failure": None, "wft": None, "wft_attempt": 0, "wft_needed": True,
         "wft_failures": 0, "open_tasks": 0, "cancel_requested": False, "timers": [],
+        "parent": _parent(body.get("parent")),
     }
     c.append_history(ctx, record, {"type": "WorkflowExecutionStarted",
                                    "workflow_type": workflow_type, "input": payload,
@@ -72,6 +73,18 @@ def start(ctx: c.Ctx, body: dict) -> dict:
     wake(ctx, record)
     c.save_workflow(ctx.txn, record)
     return {"run_id": run_id, "started": True}
+
+
+def _parent(parent) -> dict | None:
+    """The parent of a child workflow's run: {workflow_id, run_id, key}."""
+    if parent is None:
+        return None
+    if not isinstance(parent, dict):
+        raise InvalidArgument("parent must be a map", field="parent")
+    return {"workflow_id": validate.workflow_id(parent.get("workflow_id")),
+            "run_id": validate.run_id(parent.get("run_id")),
+            "key": validate.identifier(parent.get("key"), "parent key",
+                                       limits.task_key_bytes_max)}
 
 
 def _make_room_for_new_run(ctx: c.Ctx, current: dict, policy: str) -> None:
@@ -119,6 +132,7 @@ def close(ctx: c.Ctx, record: dict, status: str, *, result: bytes | None = None,
         event["failure"] = failure
     c.append_history(ctx, record, event)
     ctx.closed.append(record["workflow_id"])
+    sm_children.notify_parent(ctx, record)
 
 
 # --- workflow tasks ----------------------------------------------------------------------
@@ -209,6 +223,8 @@ def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
     kind = command.get("type") if isinstance(command, dict) else None
     if kind == "ScheduleTask":
         sm_tasks.schedule(ctx, record, command)
+    elif kind == "StartChildWorkflow":
+        sm_children.schedule(ctx, record, command)
     elif kind == "CompleteWorkflow":
         result = command.get("result")
         if not isinstance(result, bytes) or len(result) > limits.payload_bytes_max:
@@ -275,6 +291,19 @@ def wft_lost(ctx: c.Ctx, assignment: dict, reason: str) -> None:
     record["wft_needed"] = True
     wake(ctx, record)
     c.save_workflow(ctx.txn, record)
+
+
+def child_closed(ctx: c.Ctx, body: dict) -> dict:
+    outcome = sm_children.child_closed(ctx, body)
+    record = outcome.pop("record", None)
+    if record is not None:
+        wake(ctx, record)
+        c.save_workflow(ctx.txn, record)
+    return outcome
+
+
+def outbox_done(ctx: c.Ctx, body: dict) -> dict:
+    return sm_children.outbox_done(ctx, body, child_closed)
 
 
 def backoff_over(ctx: c.Ctx, timer: dict) -> None:

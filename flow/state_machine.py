@@ -104,6 +104,8 @@ _HANDLERS = {
     commands.COMPLETE: sm_supervisors.complete,
     commands.TASK_HEARTBEAT: sm_supervisors.heartbeat,
     commands.FIRE_TIMERS: _fire_timers,
+    commands.CHILD_CLOSED: sm_workflows.child_closed,
+    commands.OUTBOX_DONE: sm_workflows.outbox_done,
 }
 assert set(_HANDLERS) == set(commands.KINDS)
 

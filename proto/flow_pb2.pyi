@@ -249,6 +249,18 @@ class GetShardMapResponse(_message.Message):
     leaders: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, shard_count: _Optional[int] = ..., leaders: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class DeliverOutboxRequest(_message.Message):
+    __slots__ = ("shard", "entry")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    entry: bytes
+    def __init__(self, shard: _Optional[int] = ..., entry: _Optional[bytes] = ...) -> None: ...
+
+class DeliverOutboxResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListShardRequest(_message.Message):
     __slots__ = ("shard", "after", "statuses", "workflow_types", "page_size")
     SHARD_FIELD_NUMBER: _ClassVar[int]

@@ -480,6 +480,11 @@ class PeerStub:
                 request_serializer=coda_dot_api_dot_flow__pb2.ListShardRequest.SerializeToString,
                 response_deserializer=coda_dot_api_dot_flow__pb2.ListShardResponse.FromString,
                 _registered_method=True)
+        self.DeliverOutbox = channel.unary_unary(
+                '/coda.api.v1.Peer/DeliverOutbox',
+                request_serializer=coda_dot_api_dot_flow__pb2.DeliverOutboxRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.DeliverOutboxResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -502,6 +507,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverOutbox(self, request, context):
+        """A message from one shard's outbox to another shard (a child workflow's start, or its
+        outcome for the parent), proposed by this node if it leads `shard`, else NOT_LEADER.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -514,6 +527,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ListShard,
                     request_deserializer=coda_dot_api_dot_flow__pb2.ListShardRequest.FromString,
                     response_serializer=coda_dot_api_dot_flow__pb2.ListShardResponse.SerializeToString,
+            ),
+            'DeliverOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverOutbox,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.DeliverOutboxRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.DeliverOutboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +592,33 @@ class Peer:
             '/coda.api.v1.Peer/ListShard',
             coda_dot_api_dot_flow__pb2.ListShardRequest.SerializeToString,
             coda_dot_api_dot_flow__pb2.ListShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Peer/DeliverOutbox',
+            coda_dot_api_dot_flow__pb2.DeliverOutboxRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.DeliverOutboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

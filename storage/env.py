@@ -28,7 +28,7 @@ DATA_FILE = "data.mdb"
 class LmdbOptions:
     """Every LMDB option we rely on, set explicitly (STYLE.md: no implicit defaults)."""
     map_size_bytes: int = 8 * 1024**3   # address space reserved, not disk used
-    max_dbs: int = 16
+    max_dbs: int = 32
     max_readers: int = 256
     sync: bool = True          # fsync on each batch commit: LMDB is our applied state
     # One fsync per commit instead of two. A crash may then undo the last committed batch

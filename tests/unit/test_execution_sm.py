@@ -53,7 +53,15 @@ async def typo():
         return exc.error_type
 
 
-WORKFLOWS = {definition_of(f).name: definition_of(f) for f in (twice, careful, typo)}
+@coda.workflow(name="parent")
+async def parent(n, child_type="twice"):
+    try:
+        return await coda.context.spawn_workflow(child_type, args={"n": n})
+    except coda.ChildWorkflowFailedError as exc:
+        return f"child {exc.status}: {exc.error_type}"
+
+
+WORKFLOWS = {definition_of(f).name: definition_of(f) for f in (twice, careful, typo, parent)}
 
 
 class Sim:
@@ -81,6 +89,24 @@ class Sim:
         return self.apply(commands.register_supervisor(
             time_ms=self.time_ms, supervisor_id=sid, build_id="b",
             workflow_types=list(WORKFLOWS), task_types=["inc", "undo"], running=list(running)))
+
+    def deliver_outbox(self) -> int:
+        """What flow.outbox does, on this one shard: propose each entry, then outbox_done."""
+        from coda.flow import outbox
+        entries = self.read(lambda txn: [(keys.from_u64(k), codec.unpack(v))
+                                         for k, v in txn.scan(keys.OUTBOX)])
+        done, refused = [], []
+        for seq, entry in entries:
+            self.index += 1
+            result = self.applier.apply(self.index, outbox.command_for(entry))
+            self.applier.commit()
+            if "error" in result:
+                refused.append({"seq": seq, "error": result["error"]})
+            else:
+                done.append(seq)
+        if entries:
+            self.apply(commands.outbox_done(time_ms=self.time_ms, done=done, refused=refused))
+        return len(entries)
 
     def start(self, wid, wtype, args, timeout_ms=0):
         return self.apply(commands.start_workflow(
@@ -292,3 +318,23 @@ def test_a_workflow_failure_is_retried_by_replay_keeping_task_results(sim):
     assert record["status"] == model.COMPLETED and codec.unpack(record["result"]) == 3
     task_starts = [e for e in sim.history("w1") if e["type"] == "TaskStarted"]
     assert len(task_starts) == 2  # inc(1) was not run again by the second attempt
+
+
+def test_a_child_workflow_runs_and_its_result_wakes_the_parent(sim):
+    sim.start("p1", "parent", {"n": 5})
+    while sim.step() or sim.deliver_outbox():
+        pass
+    assert codec.unpack(sim.record("p1")["result"]) == 7
+    child_id = "p1/child-0"
+    assert sim.record(child_id)["status"] == model.COMPLETED
+    assert sim.record(child_id)["parent"]["workflow_id"] == "p1"
+    types = [e["type"] for e in sim.history("p1")]
+    assert types.count("ChildWorkflowScheduled") == 1 and "ChildWorkflowClosed" in types
+    assert sim.read(lambda txn: list(txn.scan(keys.OUTBOX))) == []
+
+
+def test_a_child_of_an_undeclared_type_fails_at_the_parents_await(sim):
+    sim.start("p2", "parent", {"n": 5, "child_type": "nope"})
+    while sim.step() or sim.deliver_outbox():
+        pass
+    assert codec.unpack(sim.record("p2")["result"]) == "child FAILED: NOT_FOUND"

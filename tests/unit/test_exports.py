@@ -4,11 +4,11 @@ a name is a decision, made here on purpose."""
 import coda
 import coda.context
 
-PUBLIC = {"Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
+PUBLIC = {"ChildWorkflowFailedError", "Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
           "TaskFailedError", "WaitTimeout", "WorkflowCancelledError", "WorkflowError",
           "WorkflowFailedError", "WorkflowHandle", "WorkflowTerminatedError",
           "WorkflowTimedOutError", "context", "errors", "task", "testing", "workflow"}
-CONTEXT = {"spawn_task", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
+CONTEXT = {"spawn_task", "spawn_workflow", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
            "heartbeat", "idempotency_key"}
 
 

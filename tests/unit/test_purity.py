@@ -40,7 +40,7 @@ PURE = frozenset({
     "coda.flow.model", "coda.flow.limits", "coda.flow.sharding", "coda.storage.keys",
     "coda.storage.codec", "coda.storage.txn", "coda.errors", "coda.flow.retry",
     "coda.flow.sm_common", "coda.flow.sm_tasks", "coda.flow.sm_workflows",
-    "coda.flow.sm_supervisors",
+    "coda.flow.sm_supervisors", "coda.flow.sm_children",
 })
 
 
@@ -190,7 +190,7 @@ def test_the_walk_follows_the_real_imports(walker):
         "coda.flow.state_machine", "coda.flow.commands", "coda.flow.limits", "coda.flow.model",
         "coda.flow.validate", "coda.storage.codec", "coda.storage.keys", "coda.storage.txn",
         "coda.errors", "coda.flow.retry", "coda.flow.sm_common", "coda.flow.sm_tasks",
-        "coda.flow.sm_workflows", "coda.flow.sm_supervisors"}
+        "coda.flow.sm_workflows", "coda.flow.sm_supervisors", "coda.flow.sm_children"}
     assert walk.files["coda.flow.state_machine"] == ROOT / "flow" / "state_machine.py"
     assert walk.files["coda.errors"] == ROOT / "coda_root" / "errors.py"
     externals = {name for _, name in walk.external}
