@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from coda.api import flow_pb2 as pb
@@ -45,6 +46,20 @@ class Session:
     credit: int
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     open: bool = True
+    # (workflow id, run id) -> the history length last sent to this session: the next
+    # workflow task of that run sends only what follows (the supervisor caches the rest).
+    history_sent: OrderedDict = field(default_factory=OrderedDict)
+
+    def history_after(self, item: dict) -> int:
+        """Events the supervisor already has of this run (and note what it will have)."""
+        run = (item["workflow_id"], item["run_id"])
+        after = self.history_sent.pop(run, 0)
+        if after > item["history_length"]:
+            after = 0
+        self.history_sent[run] = item["history_length"]
+        while len(self.history_sent) > limits.session_history_runs_max:
+            self.history_sent.popitem(last=False)
+        return after
 
     def send(self, message: pb.FlowMessage | None) -> None:
         if self.open:
@@ -200,7 +215,9 @@ class ShardDispatcher:
         session.credit += len(items) - len(assigned)
         if assigned:
             with self.replica.store.read() as txn:
-                message = pb.Dispatches(items=[dispatch_of(txn, item) for item in assigned])
+                message = pb.Dispatches(items=[
+                    dispatch_of(txn, item, session.history_after(item) if item["kind"] == "wft"
+                                else 0) for item in assigned])
             session.send(pb.FlowMessage(dispatches=message))
             metrics.dispatched.labels(str(self.shard)).inc(len(assigned))
         if len(assigned) < len(items):
@@ -306,21 +323,24 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def dispatch_of(txn, item: dict) -> pb.Dispatch:
+def dispatch_of(txn, item: dict, history_after_event_id: int = 0) -> pb.Dispatch:
     """The Dispatch message of a committed assignment, from the committed state."""
     wid, run_id = item["workflow_id"], item["run_id"]
     if item["kind"] == "wft":
+        started = codec.unpack(txn.get(keys.HISTORY, keys.history_key(wid, run_id, 1)))
         events = []
-        for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(wid, run_id)):
+        start = keys.history_key(wid, run_id, history_after_event_id + 1)
+        for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(wid, run_id),
+                               start=start):
             event = codec.unpack(raw)
             if event["event_id"] > item["history_length"]:
                 break  # what the assignment saw, even if more was appended since
             events.append(event)
         return pb.Dispatch(
             workflow_id=wid, run_id=run_id, task_key="", type_name=item["workflow_type"],
-            attempt=item["attempt"], input=events[0]["input"] if events else b"",
-            history=codec.pack(events), workflow_attempt=item["workflow_attempt"],
-            start_time_ms=item["start_time_ms"])
+            attempt=item["attempt"], input=started["input"], history=codec.pack(events),
+            workflow_attempt=item["workflow_attempt"], start_time_ms=item["start_time_ms"],
+            history_after_event_id=history_after_event_id)
     task = codec.unpack(txn.get(keys.TASKS, keys.task_key(wid, run_id, item["key"])))
     return pb.Dispatch(
         workflow_id=wid, run_id=run_id, task_key=item["key"], type_name=task["task"],

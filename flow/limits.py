@@ -77,6 +77,9 @@ task_heartbeat_details_bytes_max = 64 * KIB
 # Long polls for a workflow's result, and how many one shard leader holds open.
 wait_workflow_ms_max = 60_000
 workflow_waiters_max = 50_000
+# Runs per supervisor session whose history the leader remembers having sent (so the next
+# workflow task sends only new events); past it the oldest get their whole history again.
+session_history_runs_max = 20_000
 # Credit one supervisor session may hold (dispatches it can start without asking).
 session_credit_max = 100_000
 # Outbox entries (messages to other shards) one leader delivers per round.

@@ -406,7 +406,7 @@ class SupervisorMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[SupervisorHello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., completions: _Optional[_Union[CompletionBatch, _Mapping]] = ...) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("workflow_id", "run_id", "task_key", "type_name", "attempt", "lease_deadline_ms", "input", "history", "workflow_attempt", "start_time_ms", "idempotency_key", "heartbeat_details", "start_to_close_timeout_ms")
+    __slots__ = ("workflow_id", "run_id", "task_key", "type_name", "attempt", "lease_deadline_ms", "input", "history", "workflow_attempt", "start_time_ms", "idempotency_key", "heartbeat_details", "start_to_close_timeout_ms", "history_after_event_id")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -420,6 +420,7 @@ class Dispatch(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_DETAILS_FIELD_NUMBER: _ClassVar[int]
     START_TO_CLOSE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     run_id: str
     task_key: str
@@ -433,7 +434,8 @@ class Dispatch(_message.Message):
     idempotency_key: str
     heartbeat_details: bytes
     start_to_close_timeout_ms: int
-    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., type_name: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., input: _Optional[bytes] = ..., history: _Optional[bytes] = ..., workflow_attempt: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., heartbeat_details: _Optional[bytes] = ..., start_to_close_timeout_ms: _Optional[int] = ...) -> None: ...
+    history_after_event_id: int
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., type_name: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., input: _Optional[bytes] = ..., history: _Optional[bytes] = ..., workflow_attempt: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., heartbeat_details: _Optional[bytes] = ..., start_to_close_timeout_ms: _Optional[int] = ..., history_after_event_id: _Optional[int] = ...) -> None: ...
 
 class Dispatches(_message.Message):
     __slots__ = ("items",)

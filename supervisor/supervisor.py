@@ -45,6 +45,7 @@ from coda.errors import ConfigError, PayloadError
 from coda.flow import limits
 from coda.storage import codec
 from coda.supervisor.health import HealthServer
+from coda.supervisor.history_cache import HistoryCache
 from coda.supervisor.metrics import SupervisorMetrics
 from coda.supervisor.sessions import (Backoff, ChannelCache, CompletionBatcher, CreditLedger,
                                       ShardMap, ShardSession)
@@ -110,27 +111,32 @@ def item_from_dispatch(shard: int, dispatch: pb.Dispatch) -> Item:
                 dispatch.attempt, dispatch.type_name)
 
 
-def worker_message(dispatch: pb.Dispatch, item_id: str) -> dict:
-    """The supervisor -> worker message for a dispatch (docs/execution-protocol.md);
-    raises PayloadError if a workflow task's history is not a msgpack list."""
+def worker_message(dispatch: pb.Dispatch, item_id: str, history: list | None = None) -> dict:
+    """The supervisor -> worker message for a dispatch (docs/execution-protocol.md).
+    A workflow task's `history` is the whole history (the dispatch may carry a tail only)."""
     if dispatch.task_key:
         return {"op": "task", "id": item_id, "task": dispatch.type_name,
                 "args": bytes(dispatch.input), "workflow_id": dispatch.workflow_id,
                 "run_id": dispatch.run_id, "key": dispatch.task_key,
                 "attempt": dispatch.attempt, "idempotency_key": dispatch.idempotency_key,
                 "heartbeat_details": bytes(dispatch.heartbeat_details) or None}
-    history = []
-    if dispatch.history:
-        history = codec.decode_payload(bytes(dispatch.history),
-                                       what=f"history of workflow {dispatch.workflow_id!r}")
-        if not isinstance(history, list):
-            raise PayloadError(f"history of workflow {dispatch.workflow_id!r} is a "
-                               f"{type(history).__name__}, not a list", what="history")
     return {"op": "workflow_task", "id": item_id, "workflow_type": dispatch.type_name,
             "workflow_id": dispatch.workflow_id, "run_id": dispatch.run_id,
             "workflow_attempt": dispatch.workflow_attempt,
             "start_time_ms": dispatch.start_time_ms, "input": bytes(dispatch.input),
-            "history": history}
+            "history": history if history is not None else history_tail(dispatch)}
+
+
+def history_tail(dispatch: pb.Dispatch) -> list:
+    """The events a workflow task's dispatch carries; PayloadError if not a msgpack list."""
+    if not dispatch.history:
+        return []
+    events = codec.decode_payload(bytes(dispatch.history),
+                                  what=f"history of workflow {dispatch.workflow_id!r}")
+    if not isinstance(events, list):
+        raise PayloadError(f"history of workflow {dispatch.workflow_id!r} is a "
+                           f"{type(events).__name__}, not a list", what="history")
+    return events
 
 
 def failure(error_type: str, message: str, *, stack: str = "",
@@ -293,6 +299,9 @@ class Supervisor:
         self.sessions: list[ShardSession] = []
         self._payload_bytes_max: list[int] = []
         self._channels = ChannelCache()
+        self.histories = HistoryCache()
+        self._history_client = None
+        self._fetches: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -412,6 +421,8 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._channels.close()
+        if self._history_client is not None:
+            await self._history_client.close()
         log.info("supervisor %s stopped", self.supervisor_id)
 
     async def _wait_until(self, predicate, limit_s: float) -> bool:
@@ -554,10 +565,50 @@ class Supervisor:
                        f"supervisor {self.supervisor_id} is shutting down: not started")
             return
         try:
-            message = worker_message(dispatch, item_id)
+            history = None
+            if item.is_workflow_task:
+                history = self._full_history(dispatch)
+                if history is None:  # not cached: fetch it from Flow, then run it
+                    task = asyncio.get_running_loop().create_task(
+                        self._start_after_fetch(item_id, dispatch))
+                    self._fetches.add(task)
+                    task.add_done_callback(self._fetches.discard)
+                    return
+            message = worker_message(dispatch, item_id, history)
         except PayloadError as exc:
             self._fail(item_id, "PayloadError", exc.message, non_retryable=not item.is_workflow_task)
             return
+        self._submit(item_id, item, dispatch, message)
+
+    def _full_history(self, dispatch: pb.Dispatch) -> list | None:
+        run = (dispatch.workflow_id, dispatch.run_id)
+        history = self.histories.assemble(run, dispatch.history_after_event_id,
+                                          history_tail(dispatch))
+        if history is not None:
+            self.histories.put(run, history)
+        return history
+
+    async def _start_after_fetch(self, item_id: str, dispatch: pb.Dispatch) -> None:
+        item = self._items.get(item_id)
+        try:
+            if self._history_client is None:
+                from coda.client.client import Client
+                self._history_client = Client(self.addresses)
+            fetched = await self._history_client.workflow_history(dispatch.workflow_id,
+                                                                  dispatch.run_id)
+            head = [e for e in fetched if e["event_id"] <= dispatch.history_after_event_id]
+            history = head + history_tail(dispatch)
+        except Exception as exc:  # a workflow task failure: Flow retries it
+            if self._items.get(item_id) is item:
+                self._fail(item_id, "HistoryUnavailable",
+                           f"could not fetch the history of {dispatch.workflow_id}: {exc}")
+            return
+        if self._items.get(item_id) is not item:
+            return  # cancelled or the supervisor stopped meanwhile
+        self.histories.put((dispatch.workflow_id, dispatch.run_id), history)
+        self._submit(item_id, item, dispatch, worker_message(dispatch, item_id, history))
+
+    def _submit(self, item_id: str, item, dispatch: pb.Dispatch, message: dict) -> None:
         try:
             self.pool.submit(message)
         except Exception as exc:
@@ -673,7 +724,9 @@ class Supervisor:
         return {"supervisor_id": self.supervisor_id, "build_id": self.build_id,
                 "module": self.module, "state": self.state, "healthy": healthy,
                 "sessions": sessions, "workers": pids, "in_flight": in_flight,
-                "items": len(self._items)}
+                "items": len(self._items),
+                "history_cache": {"runs": len(self.histories), "hits": self.histories.hits,
+                                  "misses": self.histories.misses}}
 
 
 # ===========================================================================================

@@ -375,6 +375,10 @@ def test_worker_killed_mid_task(chain_cluster):
 
     workers_after = set(sup.worker_pids())
     assert len(workers_after) == 2 and victim not in workers_after, workers_after
+    # Seven-step workflows: after the first workflow task of a run, Flow sent only the new
+    # events and the supervisor's history cache supplied the rest.
+    cache = sup.health()["history_cache"]
+    assert cache["hits"] >= 3 * 6, cache
     print(f"\nworker kill: {len(checked['rerun'])} interrupted executions re-run; "
           f"kill -> all {len(wids)} workflows complete {done_at - killed_at:.2f} s "
           f"(start -> complete {done_at - t0:.2f} s)")
