@@ -40,7 +40,8 @@ import random as _random
 import uuid as _uuid
 from dataclasses import dataclass
 
-from coda.errors import CodaError, InvalidArgument
+from coda.errors import CodaError, InvalidArgument, PayloadError
+from coda.flow import limits
 from coda.storage import codec
 
 ASYNCIO_HINT = ("workflows run on Coda's deterministic loop and may only await coda.context "
@@ -185,15 +186,19 @@ class WorkflowRun:
         """
         token = _current.set(self)
         try:
+            # Spawns recorded in history are read up front: a replayed step is checked
+            # against all of them, also those recorded after its marker (its own commands).
             for event in events:
-                self.events_fed += 1
-                self.last_event_id = max(self.last_event_id, int(event.get("event_id") or 0))
                 kind = event.get("type")
                 if kind == "TaskScheduled":
                     self._scheduled.append((event["key"], event["task"]))
                 elif kind == "ChildWorkflowScheduled":
                     self._scheduled.append((event["key"], CHILD_PREFIX + event["workflow_type"]))
-                elif kind in REVEALED_EVENTS:
+            for event in events:
+                self.events_fed += 1
+                self.last_event_id = max(self.last_event_id, int(event.get("event_id") or 0))
+                kind = event.get("type")
+                if kind in REVEALED_EVENTS:
                     self._unrevealed.append(event)
                 elif kind == "WorkflowTaskCompleted":
                     self._step(reveal_up_to=int(event.get("seen_event_id") or 0))
@@ -282,8 +287,13 @@ class WorkflowRun:
                 if isinstance(exc, RuntimeError) and "event loop" in message:
                     message = (f"{message}: workflow {self.definition.name} used asyncio, but "
                                f"{ASYNCIO_HINT}")
-                return self._finish({"type": "FailWorkflow", "error": {
-                    "type": type(exc).__name__, "message": message}})
+                command = {"type": "FailWorkflow", "error": {
+                    "type": type(exc).__name__, "message": message}}
+                if isinstance(exc, PayloadError):
+                    # Args a spawn could not encode: every attempt replays to the same
+                    # spawn and fails the same way, so the worker makes it final.
+                    command["final"] = True
+                return self._finish(command)
             self._raise_violation()  # even if the workflow caught it
             if not isinstance(yielded, CodaFuture):
                 self._coro.close()
@@ -300,8 +310,8 @@ class WorkflowRun:
             raise self._violation
 
     def _check_history_consumed(self) -> None:
-        if len(self._spawns) < len(self._scheduled):
-            position = len(self._spawns)
+        if len(self._futures) < len(self._scheduled):
+            position = len(self._futures)
             recorded_key, recorded_task = self._scheduled[position]
             self._violation = NonDeterminismError(
                 f"workflow {self.definition.name} ({self.info.workflow_id}) finished after "
@@ -327,17 +337,24 @@ class WorkflowRun:
             # The same cache_key twice in one run: one task, one result.
             self._spawns.append((key, task_name))
             return self._futures[key]
-        self._check_matches_history(position, key, task_name)
+        # The n-th distinct key spawned is the n-th spawn recorded in history (a repeated
+        # cache_key records nothing), whatever its position among all spawns.
+        recorded = len(self._futures)
+        self._check_matches_history(recorded, key, task_name)
+        command = None
+        if key not in self._results and recorded >= len(self._scheduled):
+            # Args that can't be sent raise here, at the call, before anything is recorded.
+            command = {"type": "ScheduleTask", "key": key, "task": task_name,
+                       "args": codec.encode_payload(args, what=f"args of task {task_name!r}",
+                                                    limit_bytes=limits.payload_bytes_max),
+                       "options": options, "idempotency_key": self.idempotency_key(key)}
         self._spawns.append((key, task_name))
         future = CodaFuture(f"task {task_name} ({key})")
         self._futures[key] = future
         if key in self._results:
             _settle(future, self._results[key])
-        elif position >= len(self._scheduled):
-            self._pending_commands.append({
-                "type": "ScheduleTask", "key": key, "task": task_name,
-                "args": codec.pack(args), "options": options,
-                "idempotency_key": self.idempotency_key(key)})
+        elif command is not None:
+            self._pending_commands.append(command)
         return future
 
     def spawn_workflow(self, workflow_type: str, args: dict, workflow_id: str | None,
@@ -348,13 +365,14 @@ class WorkflowRun:
         child_id = workflow_id or f"{self.info.workflow_id}/child-{position}"
         key = "w:" + hashlib.blake2b(child_id.encode(), digest_size=12).hexdigest()
         name = CHILD_PREFIX + workflow_type
-        self._check_matches_history(position, key, name)
+        recorded = len(self._futures)
+        self._check_matches_history(recorded, key, name)
         self._spawns.append((key, name))
         future = CodaFuture(f"child workflow {workflow_type} ({child_id})")
         self._futures[key] = future
         if key in self._results:
             _settle(future, self._results[key])
-        elif position >= len(self._scheduled):
+        elif recorded >= len(self._scheduled):
             self._pending_commands.append({
                 "type": "StartChildWorkflow", "key": key, "workflow_type": workflow_type,
                 "workflow_id": child_id, "args": codec.pack(args), "options": options})

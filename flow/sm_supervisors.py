@@ -66,6 +66,8 @@ def _lost(ctx: c.Ctx, sid: str, assignment: dict, reason: str) -> None:
         sm_workflows.wft_lost(ctx, assignment, reason)
     else:
         sm_tasks.lost(ctx, assignment, reason)
+        # Its last attempt lost: the task failed for good, which the workflow must see.
+        sm_workflows.wake_run(ctx, assignment["workflow_id"], assignment["run_id"])
     # Also when the item had moved on (the handlers then change nothing): this supervisor
     # no longer holds it.
     ctx.txn.delete(keys.ASSIGNMENTS, keys.assignment_key(
@@ -130,8 +132,12 @@ def complete(ctx: c.Ctx, body: dict) -> dict:
             sm_tasks.complete(ctx, task, record, result)
     else:
         failure = _failure(body.get("failure"))
-        sm_tasks.attempt_failed(ctx, task, record, failure,
-                                retryable=not failure.pop("non_retryable", False))
+        retryable = not failure.pop("non_retryable", False)
+        if record.get("cancel_requested") and failure["type"] == "CancelledError":
+            # It stopped because its workflow was cancelled (Flow told it to): running it
+            # again would undo the cancel while the workflow cleans up.
+            retryable = False
+        sm_tasks.attempt_failed(ctx, task, record, failure, retryable=retryable)
     sm_workflows.wake(ctx, record)
     c.save_workflow(ctx.txn, record)
     return {"accepted": True}

@@ -149,6 +149,15 @@ def wake(ctx: c.Ctx, record: dict) -> None:
     record["queue_seq"] = seq
 
 
+def wake_run(ctx: c.Ctx, workflow_id: str, run_id: str) -> None:
+    """`wake` for a run a task handler changed and saved (a timeout, a lost supervisor):
+    a task that failed for good is news its workflow must see."""
+    record = c.current_run(ctx.txn, workflow_id, run_id)
+    if record is not None and record.get("wft_needed") and not record["wft"]:
+        wake(ctx, record)
+        c.save_workflow(ctx.txn, record)
+
+
 def _drop_wft(ctx: c.Ctx, record: dict) -> None:
     wft = record.get("wft")
     if not wft:

@@ -83,11 +83,17 @@ def _fire_timers(ctx: c.Ctx, body: dict) -> dict:
     return {"fired": fired}
 
 
+def _task_timed_out(ctx: c.Ctx, timer: dict) -> None:
+    """A task's timeout: its attempt fails; if that was the last one, the workflow wakes."""
+    sm_tasks.timed_out(ctx, timer)
+    sm_workflows.wake_run(ctx, timer["workflow_id"], timer["run_id"])
+
+
 _TIMER_HANDLERS = {
     c.TIMER_TASK_RETRY: sm_tasks.retry_due,
-    c.TIMER_START_TO_CLOSE: sm_tasks.timed_out,
-    c.TIMER_HEARTBEAT: sm_tasks.timed_out,
-    c.TIMER_SCHEDULE_TO_START: sm_tasks.timed_out,
+    c.TIMER_START_TO_CLOSE: _task_timed_out,
+    c.TIMER_HEARTBEAT: _task_timed_out,
+    c.TIMER_SCHEDULE_TO_START: _task_timed_out,
     c.TIMER_WFT_RETRY: sm_workflows.backoff_over,
     c.TIMER_WORKFLOW_RETRY: sm_workflows.backoff_over,
     c.TIMER_EXECUTION_TIMEOUT: sm_workflows.execution_timed_out,

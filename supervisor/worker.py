@@ -234,6 +234,9 @@ class WorkflowTasks:
                         command["result"], what="workflow result", limit_bytes=self.payload_bytes_max))
                 except PayloadError as exc:
                     command = final_failure(definition, "PayloadError", exc.message)
+            elif kind == "FailWorkflow" and command.get("final"):
+                command = final_failure(definition, command["error"]["type"],
+                                        command["error"]["message"])
             elif kind == "FailWorkflow":
                 command = dict(command, retry=definition.retry.to_wire())
             elif kind == "ScheduleTask" and len(command["args"]) > self.payload_bytes_max:
