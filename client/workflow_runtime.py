@@ -375,7 +375,9 @@ class WorkflowRun:
         elif recorded >= len(self._scheduled):
             self._pending_commands.append({
                 "type": "StartChildWorkflow", "key": key, "workflow_type": workflow_type,
-                "workflow_id": child_id, "args": codec.pack(args), "options": options})
+                "workflow_id": child_id, "options": options,
+                "args": codec.encode_payload(args, what=f"args of child workflow {child_id!r}",
+                                             limit_bytes=limits.payload_bytes_max)})
         return future
 
     def _check_matches_history(self, position: int, key: str, task_name: str) -> None:

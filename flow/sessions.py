@@ -19,7 +19,7 @@ import grpc
 from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
 from coda.errors import CodaError, InvalidArgument, NotLeader
-from coda.flow import commands, limits, metrics, validate
+from coda.flow import commands, limits, metrics, retry, validate
 from coda.flow.config import NodeConfig
 from coda.flow.dispatcher import ShardDispatcher, now_ms, queues_of
 from coda.storage import codec
@@ -104,7 +104,8 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
                     task.add_done_callback(pending.discard)
                 elif kind == "completions":
                     task = asyncio.create_task(
-                        _complete(dispatcher, session, message.completions.completions))
+                        _complete(dispatcher, session, message.completions.completions,
+                                  self.cfg.payload_bytes_max))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
         except asyncio.CancelledError:
@@ -116,12 +117,14 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
             session.end(None)
 
 
-async def _complete(dispatcher: ShardDispatcher, session, completions) -> None:
+async def _complete(dispatcher: ShardDispatcher, session, completions,
+                    payload_bytes_max: int) -> None:
     """Commit each completion; ack what committed, reject what was stale or malformed.
     A completion whose outcome is unknown gets neither: the supervisor resends it."""
     replica = dispatcher.replica
     batch = list(completions)[:limits.completions_per_message_max]
-    results = await asyncio.gather(*(_complete_one(replica, c) for c in batch))
+    results = await asyncio.gather(*(_complete_one(replica, c, payload_bytes_max)
+                                     for c in batch))
     acks = pb.CompletionAcks()
     label = str(replica.shard)
     for completion, (outcome, reason) in zip(batch, results):
@@ -137,7 +140,7 @@ async def _complete(dispatcher: ShardDispatcher, session, completions) -> None:
         session.send(pb.FlowMessage(acks=acks))
 
 
-async def _complete_one(replica, completion) -> tuple[str, object]:
+async def _complete_one(replica, completion, payload_bytes_max: int) -> tuple[str, object]:
     try:
         validate.request_id(completion.request_id)
         kind = completion.WhichOneof("outcome")
@@ -148,8 +151,9 @@ async def _complete_one(replica, completion) -> tuple[str, object]:
             outcome = {"failure": {"type": f.error_type, "message": f.message, "stack": f.stack,
                                    "non_retryable": f.non_retryable}}
         elif kind == "workflow_commands":
-            outcome = {"commands": codec.decode_payload(bytes(completion.workflow_commands),
-                                                        what="workflow commands")}
+            outcome = {"commands": bound_payloads(
+                codec.decode_payload(bytes(completion.workflow_commands),
+                                     what="workflow commands"), payload_bytes_max)}
         else:
             raise InvalidArgument("a completion needs a result, a failure or commands",
                                   field="outcome")
@@ -165,6 +169,31 @@ async def _complete_one(replica, completion) -> tuple[str, object]:
     if "rejected" in ok:
         return "rejected", ok["rejected"]
     return "accepted", None
+
+
+PAYLOAD_FIELDS = {"ScheduleTask": ("args", "args of task {task!r}"),
+                  "StartChildWorkflow": ("args", "args of child workflow {workflow_id!r}"),
+                  "CompleteWorkflow": ("result", "the workflow result")}
+
+
+def bound_payloads(workflow_commands, payload_bytes_max: int):
+    """Hold a workflow task's payloads to this cluster's limit (workers check only their
+    own default): the first command over it, and all after, become a final FailWorkflow,
+    as the worker does for what it can't send. Each attempt would replay to the same call."""
+    if not isinstance(workflow_commands, list):
+        return workflow_commands  # the state machine answers it as malformed
+    for n, command in enumerate(workflow_commands):
+        spec = PAYLOAD_FIELDS.get(command.get("type")) if isinstance(command, dict) else None
+        if spec is None:
+            continue
+        field, what = spec
+        size = len(command.get(field) or b"")
+        if size > payload_bytes_max:
+            name = what.format(task=command.get("task"), workflow_id=command.get("workflow_id"))
+            return workflow_commands[:n] + [{"type": "FailWorkflow", "error": {
+                "type": "PayloadError", "message": f"{name} is {size} bytes encoded, over the "
+                f"limit of {payload_bytes_max} bytes"}, "retry": retry.NO_RETRY}]
+    return workflow_commands
 
 
 async def _task_heartbeats(dispatcher: ShardDispatcher, heartbeat) -> None:

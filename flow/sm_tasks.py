@@ -245,11 +245,22 @@ def cancel_open(ctx: c.Ctx, record: dict) -> None:
     record["open_tasks"] = 0
 
 
-def running_of_run(ctx: c.Ctx, record: dict) -> list:
-    """[supervisor, wid, run, key, attempt] of the run's running tasks (to tell of a cancel)."""
-    return [[t["supervisor"], t["workflow_id"], t["run_id"], t["key"], t["attempt"]]
-            for t in c.open_tasks(ctx.txn, record["workflow_id"], record["run_id"])
-            if t["status"] == c.RUNNING]
+def cancel_requested(ctx: c.Ctx, record: dict) -> None:
+    """The workflow is being cancelled: running tasks are told to stop (their
+    CancelledError is final); tasks not yet started never start, and fail CancelledError
+    (the workflow may still await them while it cleans up)."""
+    for task in c.open_tasks(ctx.txn, record["workflow_id"], record["run_id"]):
+        if task["status"] == c.RUNNING:
+            ctx.cancel.append([task["supervisor"], task["workflow_id"], task["run_id"],
+                               task["key"], task["attempt"]])
+            continue
+        if task["status"] == c.QUEUED and task["seq"] is not None:
+            c.dequeue(ctx.txn, keys.task_queue_name(task["task"]), task["seq"])
+        _stop_attempt(ctx, task)
+        task["seq"] = None
+        record["open_tasks"] = max(0, record.get("open_tasks", 1) - 1)
+        _fail_for_good(ctx, record, task, {
+            "type": "CancelledError", "message": "its workflow was cancelled before it started"})
 
 
 def lost(ctx: c.Ctx, assignment: dict, reason: str) -> None:

@@ -357,7 +357,7 @@ def cancel(ctx: c.Ctx, body: dict) -> dict:
         record["cancel_requested"] = True
         reason = str(body.get("reason") or "cancel requested")[:4096]
         c.append_history(ctx, record, {"type": "WorkflowCancelRequested", "reason": reason})
-        ctx.cancel.extend(sm_tasks.running_of_run(ctx, record))
+        sm_tasks.cancel_requested(ctx, record)
         record["wft_needed"] = True
         if record["wft"] and record["wft"]["state"] == "backoff":
             _drop_wft(ctx, record)  # a cancel is not held back by a retry's backoff

@@ -24,8 +24,8 @@ What is checked (each could fail):
 5. timeouts fire: start-to-close, heartbeat, schedule-to-start, workflow execution;
 6. bad input fails clearly: unknown workflow type, unknown task type, unencodable task
    args, oversized task args / task results / workflow results, unencodable workflow
-   args. (Args and workflow results over the *cluster's* limit but under the worker's
-   2 MiB are a known bug: xfail, strict.)
+   args (over the cluster's limit, which Flow enforces on a workflow task's commands, and
+   over the worker's).
 """
 
 from __future__ import annotations
@@ -753,15 +753,8 @@ def test_an_oversized_task_result_fails_the_task_for_good(env, size, limit):
     assert len(env.records(handle.workflow_id)) == 1
 
 
-CLUSTER_LIMIT_NOT_ENFORCED = pytest.mark.xfail(strict=True, reason=(
-    "bug: workers get the default 2 MiB payload limit, not the cluster's (the supervisor "
-    "starts its pool before it learns payload_bytes_max), and the state machine checks task "
-    "args and workflow results against the 8 MiB hard cap: only task results are held to "
-    "the cluster's limit (by the supervisor)"))
-
-
 @pytest.mark.parametrize("size", [
-    pytest.param(100_000, marks=CLUSTER_LIMIT_NOT_ENFORCED, id="over-the-cluster-limit"),
+    pytest.param(100_000, id="over-the-cluster-limit"),
     pytest.param(3 * 1024 * 1024, id="over-the-worker-limit")])
 def test_oversized_task_args_fail_the_workflow_before_the_task_runs(env, size):
     handle = env.start("x_big_args", {"size": size})
@@ -779,7 +772,7 @@ def test_oversized_task_args_fail_the_workflow_before_the_task_runs(env, size):
 
 
 @pytest.mark.parametrize("size", [
-    pytest.param(100_000, marks=CLUSTER_LIMIT_NOT_ENFORCED, id="over-the-cluster-limit"),
+    pytest.param(100_000, id="over-the-cluster-limit"),
     pytest.param(3 * 1024 * 1024, id="over-the-worker-limit")])
 def test_an_oversized_workflow_result_fails_the_workflow(env, size):
     handle = env.start("x_big_result", {"size": size})

@@ -338,3 +338,22 @@ def test_a_child_of_an_undeclared_type_fails_at_the_parents_await(sim):
     while sim.step() or sim.deliver_outbox():
         pass
     assert codec.unpack(sim.record("p2")["result"]) == "child FAILED: NOT_FOUND"
+
+
+def test_cancel_fails_tasks_not_yet_started(sim):
+    sim.start("w3", "careful", {"n": 3})
+    sim.step()                      # the workflow task runs: its inc is queued
+    assert len(sim.queued()) == 1
+    sim.apply(commands.close_request(commands.CANCEL_WORKFLOW, request_id="c3",
+                                     time_ms=sim.time_ms, workflow_id="w3", run_id=None,
+                                     reason="user"))
+    assert all("cancel" not in e for e in sim.effects)   # nothing was running to tell
+    assert [q for q in sim.queued() if q[0] == "task/inc"] == []   # it never starts ...
+    failed = [e for e in sim.history("w3") if e["type"] == "TaskFailed"]
+    assert [e["error"]["type"] for e in failed] == ["CancelledError"]  # ... it failed
+    while sim.step():
+        pass
+    assert sim.record("w3")["status"] == model.CANCELLED
+    scheduled = [e["task"] for e in sim.history("w3") if e["type"] == "TaskScheduled"]
+    assert scheduled == ["inc", "undo"]
+    assert [e for e in sim.history("w3") if e["type"] == "TaskStarted"][0]["key"] != failed[0]["key"]
