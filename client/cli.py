@@ -329,8 +329,12 @@ def supervisor() -> None:
 @click.option("--health-port", type=click.IntRange(0, 65535), default=None,
               help="Serve health checks on this port (default: none).")
 @click.option("--supervisor-id", default=None, help="Default: generated.")
+@click.option("--drain-s", type=click.FloatRange(min=0), default=None,
+              help="On SIGTERM: seconds to let running work finish before handing it back "
+                   "(default: the supervisor's, 30).")
 @click.pass_obj
-def supervisor_run(ctx: Ctx, module, workers, slots, build_id, health_port, supervisor_id):
+def supervisor_run(ctx: Ctx, module, workers, slots, build_id, health_port, supervisor_id,
+                   drain_s):
     """Run MODULE's @coda.workflow and @coda.task functions in worker processes, in the
     foreground, until Ctrl-C or SIGTERM."""
     if not ctx.address:
@@ -344,9 +348,10 @@ def supervisor_run(ctx: Ctx, module, workers, slots, build_id, health_port, supe
         from coda.supervisor.supervisor import run_supervisor
     except ImportError as exc:
         raise click.ClickException(f"the supervisor is not available: {exc}") from None
+    extra = {"drain_s": drain_s} if drain_s is not None else {}
     code = _run(lambda: run_supervisor(
         addresses, module, workers=workers or os.cpu_count() or 1, slots=slots,
-        build_id=build_id, health_port=health_port, supervisor_id=supervisor_id))
+        build_id=build_id, health_port=health_port, supervisor_id=supervisor_id, **extra))
     sys.exit(code)
 
 

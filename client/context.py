@@ -17,7 +17,7 @@ from coda.errors import InvalidArgument
 from coda.flow import validate
 
 __all__ = ["spawn_task", "spawn_workflow", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
-           "heartbeat", "idempotency_key"]
+           "heartbeat", "idempotency_key", "task_info"]
 
 
 def spawn_task(fn_or_name, args: dict | None = None, *, cache_key=None) -> CodaFuture:
@@ -106,3 +106,12 @@ def idempotency_key() -> str:
     """Inside a task: a key stable across its retries and its workflow's replays; hand it
     to external services so a retried call is not applied twice."""
     return task_context.idempotency_key()
+
+
+def task_info() -> task_context.TaskInfo:
+    """Inside a task: its workflow id, run id, key, attempt (1, 2, ...), idempotency key
+    and the heartbeat details its previous attempt recorded."""
+    info = task_context.current_task()
+    if info is None:
+        raise InvalidArgument(f"coda.context.task_info() {task_context.OUTSIDE_TASK_HINT}")
+    return info

@@ -491,6 +491,8 @@ class SupervisorProcess:
                 "--supervisor-id", self.supervisor_id]
         if self.slots is not None:
             argv += ["--slots", str(self.slots)]
+        if self.drain_s is not None:
+            argv += ["--drain-s", str(self.drain_s)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, cwd=self.root)

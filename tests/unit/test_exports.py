@@ -8,8 +8,8 @@ PUBLIC = {"ChildWorkflowFailedError", "Client", "CodaError", "NonDeterminismErro
           "TaskFailedError", "WaitTimeout", "WorkflowCancelledError", "WorkflowError",
           "WorkflowFailedError", "WorkflowHandle", "WorkflowTerminatedError",
           "WorkflowTimedOutError", "context", "errors", "task", "testing", "workflow"}
-CONTEXT = {"spawn_task", "spawn_workflow", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
-           "heartbeat", "idempotency_key"}
+CONTEXT = {"spawn_task", "spawn_workflow", "await_all", "gather", "now", "random", "uuid4",
+           "workflow_id", "heartbeat", "idempotency_key", "task_info"}
 
 
 def test_coda_exports_exactly_the_public_names():
@@ -22,3 +22,10 @@ def test_coda_context_exports_exactly_the_workflow_api():
     assert set(coda.context.__all__) == CONTEXT
     for name in CONTEXT:
         assert callable(getattr(coda.context, name))
+
+
+def test_task_context_calls_outside_a_task_say_where_they_belong():
+    import pytest
+    for call in (coda.context.task_info, coda.context.idempotency_key, coda.context.heartbeat):
+        with pytest.raises(coda.errors.InvalidArgument, match="inside a running @coda.task"):
+            call()

@@ -209,3 +209,40 @@ def test_declarations_and_context_misuse_give_clear_errors():
         coda.task(start_to_close_timeout=-1)(lambda: None)
     with pytest.raises(InvalidArgument, match="inside a running workflow"):
         coda.context.spawn_task("x")
+
+
+@coda.workflow(name="guarded")
+async def guarded():
+    try:
+        return await coda.context.spawn_task("slow")
+    except asyncio.CancelledError:
+        return await coda.context.spawn_task("cleanup")
+
+
+def test_replay_reveals_a_cancel_in_the_step_it_came_in_not_after_later_results():
+    """Original run: the cancel arrived while `slow` ran, so the workflow cleaned up; the
+    slow task's result came later. A replay that showed everything at once would take the
+    result path and diverge; the markers keep the original order."""
+    history = [
+        {"event_id": 1, "type": "WorkflowExecutionStarted", "time_ms": 1},
+        {"event_id": 2, "type": "WorkflowTaskCompleted", "seen_event_id": 1, "time_ms": 2},
+        {"event_id": 3, "type": "TaskScheduled", "key": "#0", "task": "slow", "time_ms": 2},
+        {"event_id": 4, "type": "WorkflowCancelRequested", "reason": "user", "time_ms": 3},
+        {"event_id": 5, "type": "WorkflowTaskCompleted", "seen_event_id": 4, "time_ms": 4},
+        {"event_id": 6, "type": "TaskScheduled", "key": "#1", "task": "cleanup", "time_ms": 4},
+        {"event_id": 7, "type": "TaskCompleted", "key": "#0", "result": "slow done", "time_ms": 5},
+        {"event_id": 8, "type": "TaskCompleted", "key": "#1", "result": "cleaned", "time_ms": 6},
+    ]
+    run = WorkflowRun(definition_of(guarded), {}, INFO)
+    assert run.advance(history) == [{"type": "CompleteWorkflow", "result": "cleaned"}]
+
+
+def test_a_changed_workflow_is_caught_on_replay_even_across_steps():
+    history = [
+        {"event_id": 1, "type": "WorkflowExecutionStarted", "time_ms": 1},
+        {"event_id": 2, "type": "WorkflowTaskCompleted", "seen_event_id": 1, "time_ms": 2},
+        {"event_id": 3, "type": "TaskScheduled", "key": "#0", "task": "fast", "time_ms": 2},
+    ]
+    run = WorkflowRun(definition_of(guarded), {}, INFO)
+    with pytest.raises(NonDeterminismError, match="'slow'.*'fast'"):
+        run.advance(history)
