@@ -37,7 +37,7 @@ from coda.errors import (CodaError, Indeterminate, NotLeader, ResourceExhausted,
 from coda.flow import commands, limits, metrics, queries
 from coda.flow.applier import Applier
 from coda.flow.config import NodeConfig
-from coda.flow.raft_base import DurableSyncObj, fsync_dir, register_journal
+from coda.flow.raft_base import DurableSyncObj, register_journal
 from coda.storage.env import ShardStore
 
 log = logging.getLogger(__name__)

@@ -336,12 +336,16 @@ class FlowService(pb_grpc.FlowServicer):
             try:
                 record = await replica.read(lambda txn: queries.describe(txn, workflow_id, run_id))
                 if record["status"] == model.RUNNING and wait_s > 0:
+                    run = record["run_id"]
                     try:
                         await asyncio.wait_for(asyncio.shield(waiter), wait_s)
+                        # This leader committed the close and LMDB holds it: a closed run
+                        # never changes again, so no barrier (a Raft round) is needed.
+                        with replica.store.read() as txn:
+                            record = queries.describe(txn, workflow_id, run)
                     except TimeoutError:
-                        pass
-                    record = await replica.read(
-                        lambda txn: queries.describe(txn, workflow_id, run_id))
+                        record = await replica.read(
+                            lambda txn: queries.describe(txn, workflow_id, run))
             finally:
                 dispatcher.drop_waiter(workflow_id, waiter)
             return pb.DescribeWorkflowResponse(workflow=workflow_info(record, shard))

@@ -147,17 +147,20 @@ class CompletionBatcher:
         return [entry.completion for entry in self._pending.values()]
 
     def due(self, now_s: float) -> bool:
-        if not self._unsent:
-            return False
-        if len(self._unsent) >= self.batch_items_max or self._unsent_bytes >= self.batch_bytes_max:
-            return True
-        return now_s >= self._pending[self._unsent[0]].queued_s + self.batch_wait_s
+        due_s = self.next_due_s()
+        return due_s is not None and now_s >= due_s
 
     def next_due_s(self) -> float | None:
-        """When `due` turns true without anything being added (None: nothing to send)."""
+        """When `due` turns true without anything being added (None: nothing to send).
+
+        Adaptive (Nagle): with nothing sent and unanswered, a completion goes at once, so
+        an idle supervisor adds no latency; while a batch is in flight, the next one
+        gathers company for up to batch_wait_s (or until it is full)."""
         if not self._unsent:
             return None
-        if len(self._unsent) >= self.batch_items_max or self._unsent_bytes >= self.batch_bytes_max:
+        if (len(self._unsent) >= self.batch_items_max
+                or self._unsent_bytes >= self.batch_bytes_max
+                or len(self._pending) == len(self._unsent)):
             return -math.inf
         return self._pending[self._unsent[0]].queued_s + self.batch_wait_s
 

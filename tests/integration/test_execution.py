@@ -30,9 +30,6 @@ What is checked (each could fail):
 
 from __future__ import annotations
 
-import json
-import os
-import textwrap
 import time
 import uuid
 from collections import Counter
@@ -42,7 +39,7 @@ import pytest
 from coda import errors
 from coda.client.client import SyncClient
 from coda.errors import NotFound, PayloadError
-from coda.storage import codec
+from exec_helpers import read_records, wait_for, write_module
 from harness import Cluster, SupervisorProcess
 
 pytestmark = pytest.mark.cluster
@@ -331,29 +328,6 @@ def x_starved():
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def write_module(directory, name: str, source: str) -> str:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f"{name}.py"), "w") as f:
-        f.write(textwrap.dedent(source))
-    return str(directory)
-
-
-def read_records(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(poll_s)
 
 
 def new_id(prefix: str) -> str:

@@ -35,11 +35,9 @@ workflow's history before the kill ran exactly once).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
-import textwrap
 import time
 import urllib.request
 from collections import defaultdict
@@ -47,6 +45,7 @@ from collections import defaultdict
 import pytest
 
 from coda.client.client import Client
+from exec_helpers import read_records, wait_for, write_module
 from harness import SupervisorProcess
 
 pytestmark = pytest.mark.cluster
@@ -101,29 +100,6 @@ async def chain(steps):
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def write_module(directory, name: str, source: str) -> str:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f"{name}.py"), "w") as f:
-        f.write(textwrap.dedent(source))
-    return str(directory)
-
-
-def read_records(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(poll_s)
 
 
 def run(coro):

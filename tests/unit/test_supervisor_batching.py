@@ -32,8 +32,27 @@ def ids(batch) -> list[str]:
 
 # --- CompletionBatcher -------------------------------------------------------------------
 
+def in_flight(batcher: CompletionBatcher, now_s: float) -> None:
+    """Send one completion and leave it unanswered: later ones then batch (Nagle)."""
+    batcher.add(completion(99), now_s)
+    assert batcher.due(now_s)  # nothing was in flight: it goes at once
+    assert ids(batcher.take_batch(now_s)) == ["r99"]
+
+
+def test_an_idle_batcher_sends_at_once():
+    batcher = CompletionBatcher(batch_items_max=256, batch_wait_s=0.02)
+    batcher.add(completion(1), now_s=5.0)
+    assert batcher.due(5.0) and batcher.next_due_s() == float("-inf")
+    assert ids(batcher.take_batch(5.0)) == ["r1"]
+    batcher.add(completion(2), now_s=5.001)  # r1 is unanswered: r2 waits for company
+    assert not batcher.due(5.001)
+    batcher.ack(["r1"])
+    assert batcher.due(5.001)                # answered: nothing in flight, r2 goes
+
+
 def test_a_full_batch_is_due_at_once_and_capped_at_the_count():
     batcher = CompletionBatcher(batch_items_max=4, batch_wait_s=0.02)
+    in_flight(batcher, 10.0)
     for n in range(3):
         batcher.add(completion(n), now_s=10.0)
     assert not batcher.due(10.0)
@@ -50,6 +69,7 @@ def test_a_full_batch_is_due_at_once_and_capped_at_the_count():
 def test_a_lone_completion_waits_at_most_the_window():
     batcher = CompletionBatcher(batch_items_max=256, batch_wait_s=0.02)
     assert batcher.next_due_s() is None and not batcher.due(0.0)
+    in_flight(batcher, 5.0)
     batcher.add(completion(1), now_s=5.0)
     batcher.add(completion(2), now_s=5.015)
     assert batcher.next_due_s() == pytest.approx(5.02)  # from the first unsent one
@@ -57,7 +77,7 @@ def test_a_lone_completion_waits_at_most_the_window():
     assert batcher.due(5.02)
     assert ids(batcher.take_batch(5.02)) == ["r1", "r2"]
     assert batcher.next_due_s() is None and batcher.unsent == 0
-    assert len(batcher) == 2  # sent, not yet answered
+    assert len(batcher) == 3  # sent, not yet answered
 
 
 def test_a_batch_is_bounded_by_bytes_but_always_carries_one():
@@ -300,11 +320,15 @@ def test_a_dispatch_goes_to_the_pool_and_its_result_back_with_one_credit():
 
 def test_credit_waits_for_the_flush_of_the_completions_that_freed_it():
     sup, pool = make_supervisor(shards=1)
-    sup.on_dispatches(0, [task_dispatch(1)])
-    sup.on_event({"op": "done", "id": pool.submitted[0]["id"], "result": b"\x01"})
+    sup.on_dispatches(0, [task_dispatch(1), task_dispatch(2)])
     now_s = time.monotonic()
+    sup.on_event({"op": "done", "id": pool.submitted[0]["id"], "result": b"\x01"})
+    out = messages_of(sup, 0, now_s)  # idle: the first completion goes at once, with credit
+    assert len(out["completions"]) == 1 and out["credit"] == 1
+    sup.on_event({"op": "done", "id": pool.submitted[1]["id"], "result": b"\x01"})
+    # The first is unanswered: the second waits for company, and its credit with it.
     assert messages_of(sup, 0, now_s) == {"completions": [], "credit": 0}
-    out = messages_of(sup, 0, now_s + 0.02)
+    out = messages_of(sup, 0, time.monotonic() + 0.021)
     assert len(out["completions"]) == 1 and out["credit"] == 1
 
 
