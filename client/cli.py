@@ -161,11 +161,14 @@ def workflow() -> None:
               help="Seconds; past them the run closes TIMED_OUT (default: none).")
 @click.option("--wait", is_flag=True, help="Wait for the run to close and print its result "
               "(exit 1 with its failure if it does not complete).")
+@click.option("--allow-undeclared-type", is_flag=True, envvar="CODA_ALLOW_UNDECLARED_TYPES",
+              help="Queue it even if no supervisor has declared the type yet (default: "
+                   "refused, so a typo fails here).")
 @json_flag
 @click.pass_obj
 def workflow_start(ctx: Ctx, workflow_type, workflow_id, args_json, reuse_policy, request_id,
-                   execution_timeout_s, wait, local_json):
-    """Start a workflow (it stays queued until a supervisor runs its type)."""
+                   execution_timeout_s, wait, allow_undeclared_type, local_json):
+    """Start a workflow; a supervisor that runs its type picks it up."""
     _use_json(ctx, local_json)
     try:
         args = json.loads(args_json)
@@ -177,7 +180,8 @@ def workflow_start(ctx: Ctx, workflow_type, workflow_id, args_json, reuse_policy
     with ctx.client() as client:
         handle = _run(lambda: client.start_workflow(
             workflow_type, args, workflow_id=workflow_id, reuse_policy=reuse_policy,
-            request_id=request_id, execution_timeout=execution_timeout_s))
+            request_id=request_id, execution_timeout=execution_timeout_s,
+            allow_undeclared_type=allow_undeclared_type))
         data = {"workflow_id": handle.workflow_id, "run_id": handle.run_id,
                 "started": handle.started}
         if not wait:

@@ -35,17 +35,21 @@ CLI_TIMEOUT_S = 90.0
 UNREACHABLE_BOUND_S = 15.0  # --timeout 3 plus interpreter start-up on a loaded machine
 
 
-def _env(address: str | None) -> dict:
+def _env(address: str | None, allow_undeclared: bool = True) -> dict:
     env = dict(os.environ)
     env.pop("CODA_ADDRESS", None)
+    # No supervisor runs here: workflows are started to be stored and shown, not run.
+    env["CODA_ALLOW_UNDECLARED_TYPES"] = "1" if allow_undeclared else ""
     if address is not None:
         env["CODA_ADDRESS"] = address
     return env
 
 
-def coda(*args: str, address: str | None = None) -> subprocess.CompletedProcess:
+def coda(*args: str, address: str | None = None,
+         allow_undeclared: bool = True) -> subprocess.CompletedProcess:
     """Run `coda ARGS` with CODA_ADDRESS=address (unset if None)."""
-    return subprocess.run([sys.executable, "-m", "coda.client.cli", *args], env=_env(address),
+    return subprocess.run([sys.executable, "-m", "coda.client.cli", *args],
+                          env=_env(address, allow_undeclared),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=CLI_TIMEOUT_S)
 
@@ -106,6 +110,16 @@ def uid(prefix: str) -> str:
 
 
 # --- workflow start ------------------------------------------------------------------------
+
+def test_an_undeclared_type_is_refused_unless_allowed(cluster):
+    wid = f"undeclared-{uuid.uuid4().hex[:8]}"
+    failed(coda("workflow", "start", "no_supervisor_runs_this", "--id", wid,
+                address=cluster.address, allow_undeclared=False),
+           1, "NOT_FOUND", "no supervisor has declared workflow type 'no_supervisor_runs_this'")
+    out = ok(coda("workflow", "start", "no_supervisor_runs_this", "--id", wid,
+                  "--allow-undeclared-type", address=cluster.address, allow_undeclared=False))
+    assert wid in out
+
 
 def test_start_human_and_json(cluster):
     wid = uid("cli-human")
