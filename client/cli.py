@@ -215,34 +215,29 @@ def workflow_describe(ctx: Ctx, workflow_id, run_id):
         _emit(ctx, plain(_run(lambda: client.describe_workflow(workflow_id, run_id))), human)
 
 
-@workflow.command("cancel")
-@click.argument("workflow_id")
-@click.option("--run-id", default=None, help="Default: the current run.")
-@click.option("--reason", default="", help="Recorded in the run's history.")
-@json_flag
-@click.pass_obj
-def workflow_cancel(ctx: Ctx, workflow_id, run_id, reason, local_json):
-    """Ask a run to cancel: it sees CancelledError at its current await and may clean up."""
-    _use_json(ctx, local_json)
-    with ctx.client() as client:
-        cancelled = _run(lambda: client.cancel_workflow(workflow_id, run_id, reason=reason))
-    _emit(ctx, {"workflow_id": workflow_id, "run_id": cancelled}, lambda d: click.echo(
-        f"cancel requested for {d['workflow_id']} run {d['run_id']}"))
+def _close_command(name: str, doc: str, method: str, done: str):
+    """`coda workflow cancel|terminate ID`: the same flags, one client call."""
+    @workflow.command(name, help=doc)
+    @click.argument("workflow_id")
+    @click.option("--run-id", default=None, help="Default: the current run.")
+    @click.option("--reason", default="", help="Recorded in the run's history.")
+    @json_flag
+    @click.pass_obj
+    def command(ctx: Ctx, workflow_id, run_id, reason, local_json):
+        _use_json(ctx, local_json)
+        with ctx.client() as client:
+            closed = _run(lambda: getattr(client, method)(workflow_id, run_id, reason=reason))
+        _emit(ctx, {"workflow_id": workflow_id, "run_id": closed}, lambda d: click.echo(
+            done.format(**d)))
+    return command
 
 
-@workflow.command("terminate")
-@click.argument("workflow_id")
-@click.option("--run-id", default=None, help="Default: the current run.")
-@click.option("--reason", default="", help="Recorded in the run's history.")
-@json_flag
-@click.pass_obj
-def workflow_terminate(ctx: Ctx, workflow_id, run_id, reason, local_json):
-    """Close a run TERMINATED at once; no workflow code runs."""
-    _use_json(ctx, local_json)
-    with ctx.client() as client:
-        terminated = _run(lambda: client.terminate_workflow(workflow_id, run_id, reason=reason))
-    _emit(ctx, {"workflow_id": workflow_id, "run_id": terminated}, lambda d: click.echo(
-        f"terminated {d['workflow_id']} run {d['run_id']}"))
+workflow_cancel = _close_command(
+    "cancel", "Ask a run to cancel: it sees CancelledError at its current await and may "
+    "clean up.", "cancel_workflow", "cancel requested for {workflow_id} run {run_id}")
+workflow_terminate = _close_command(
+    "terminate", "Close a run TERMINATED at once; no workflow code runs.",
+    "terminate_workflow", "terminated {workflow_id} run {run_id}")
 
 
 @workflow.command("history")

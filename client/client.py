@@ -385,16 +385,18 @@ class Client:
     async def cancel_workflow(self, workflow_id: str, run_id: str | None = None, *,
                               reason: str = "", request_id: str | None = None) -> str:
         """Request cancellation of the run (default: the current one); its run id."""
-        answer = await self._call("CancelWorkflow", pb.CancelWorkflowRequest(
-            workflow_id=workflow_id, run_id=run_id or "", reason=_reason(reason),
-            request_id=request_id or uuid.uuid4().hex), retry_indeterminate=True,
-            workflow_id=workflow_id)
-        return answer.run_id
+        return await self._close_request("CancelWorkflow", pb.CancelWorkflowRequest,
+                                         workflow_id, run_id, reason, request_id)
 
     async def terminate_workflow(self, workflow_id: str, run_id: str | None = None, *,
                                  reason: str = "", request_id: str | None = None) -> str:
         """Close the run (default: the current one) TERMINATED at once; its run id."""
-        answer = await self._call("TerminateWorkflow", pb.TerminateWorkflowRequest(
+        return await self._close_request("TerminateWorkflow", pb.TerminateWorkflowRequest,
+                                         workflow_id, run_id, reason, request_id)
+
+    async def _close_request(self, method: str, message, workflow_id: str, run_id, reason,
+                             request_id) -> str:
+        answer = await self._call(method, message(
             workflow_id=workflow_id, run_id=run_id or "", reason=_reason(reason),
             request_id=request_id or uuid.uuid4().hex), retry_indeterminate=True,
             workflow_id=workflow_id)
