@@ -14,9 +14,9 @@ import uuid
 from coda.client import sdk, task_context
 from coda.client.workflow_runtime import CodaFuture, all_of, current_run
 from coda.errors import InvalidArgument
-from coda.flow import validate
+from coda.flow import limits, validate
 
-__all__ = ["spawn_task", "spawn_workflow", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
+__all__ = ["spawn_task", "spawn_workflow", "sleep", "sleep_until", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
            "heartbeat", "idempotency_key", "task_info"]
 
 
@@ -67,6 +67,26 @@ def spawn_workflow(fn_or_name, args: dict | None = None, *, workflow_id: str | N
         validate.workflow_id(workflow_id)
     options = {"execution_timeout_ms": int(timeout_s * 1000)} if timeout_s else {}
     return current_run().spawn_workflow(name, args or {}, workflow_id, options)
+
+
+SLEEP_S_MAX = limits.timer_delay_ms_max / 1000
+
+
+def sleep(seconds: float) -> CodaFuture:
+    """A durable sleep: `await coda.context.sleep(30)`. The workflow holds no process
+    while it waits; the timer lives in Flow and survives restarts and failovers."""
+    if (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+            or not 0 <= seconds <= SLEEP_S_MAX):
+        raise InvalidArgument(f"sleep takes 0..{SLEEP_S_MAX} seconds, got {seconds!r}",
+                              field="seconds")
+    return current_run().start_timer(int(round(seconds * 1000)))
+
+
+def sleep_until(when: datetime.datetime) -> CodaFuture:
+    """Sleep until a time (an aware datetime; naive ones are refused, not guessed)."""
+    if not isinstance(when, datetime.datetime) or when.tzinfo is None:
+        raise InvalidArgument("sleep_until takes a timezone-aware datetime", field="when")
+    return sleep(max(0.0, (when - now()).total_seconds()))
 
 
 def await_all(futures) -> CodaFuture:

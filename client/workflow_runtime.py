@@ -194,6 +194,8 @@ class WorkflowRun:
                     self._scheduled.append((event["key"], event["task"]))
                 elif kind == "ChildWorkflowScheduled":
                     self._scheduled.append((event["key"], CHILD_PREFIX + event["workflow_type"]))
+                elif kind == "TimerStarted":
+                    self._scheduled.append((event["key"], TIMER_NAME))
             for event in events:
                 self.events_fed += 1
                 self.last_event_id = max(self.last_event_id, int(event.get("event_id") or 0))
@@ -234,6 +236,8 @@ class WorkflowRun:
                 f"task {event['key']} failed: {error.get('type', 'Error')}: "
                 f"{error.get('message', '')}",
                 error_type=error.get("type", ""), key=event["key"]), time_ms)
+        elif kind == "TimerFired":
+            self._results[event["key"]] = (True, None, time_ms)
         elif kind == "ChildWorkflowClosed":
             if event.get("status") == "COMPLETED":
                 result = event.get("result")
@@ -380,6 +384,22 @@ class WorkflowRun:
                                              limit_bytes=limits.payload_bytes_max)})
         return future
 
+    def start_timer(self, delay_ms: int) -> CodaFuture:
+        """A durable timer: the future resolves (with None) once `delay_ms` passed on the
+        shard leader's clock; the workflow's now() then reads the firing time."""
+        recorded = len(self._futures)
+        key = f"t:{recorded}"
+        self._check_matches_history(recorded, key, TIMER_NAME)
+        self._spawns.append((key, TIMER_NAME))
+        future = CodaFuture(f"timer of {delay_ms} ms ({key})")
+        self._futures[key] = future
+        if key in self._results:
+            _settle(future, self._results[key])
+        elif recorded >= len(self._scheduled):
+            self._pending_commands.append({"type": "StartTimer", "key": key,
+                                           "delay_ms": delay_ms})
+        return future
+
     def _check_matches_history(self, position: int, key: str, task_name: str) -> None:
         if position < len(self._scheduled):
             recorded_key, recorded_task = self._scheduled[position]
@@ -407,7 +427,9 @@ class WorkflowRun:
 
 
 REVEALED_EVENTS = frozenset({"TaskCompleted", "TaskFailed", "WorkflowCancelRequested",
-                             "ChildWorkflowClosed"})
+                             "ChildWorkflowClosed", "TimerFired"})
+# How a durable timer appears among a run's spawns.
+TIMER_NAME = "timer"
 # How a child workflow appears among a run's spawns (beside task names).
 CHILD_PREFIX = "workflow:"
 

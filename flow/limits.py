@@ -71,6 +71,8 @@ running_items_per_hello_max = 100_000
 # A supervisor that sends nothing for this long is declared dead; its work is re-queued.
 supervisor_lease_ms_default = 10_000
 # Backoff of a failed workflow task (non-determinism, a worker crash): doubles per failure.
+# A durable sleep (coda.context.sleep) may last up to ten years.
+timer_delay_ms_max = 10 * 365 * 24 * 3600 * 1000
 workflow_task_retry_initial_ms = 1000
 workflow_task_retry_max_ms = 60_000
 task_heartbeat_details_bytes_max = 64 * KIB

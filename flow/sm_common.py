@@ -33,6 +33,7 @@ TIMER_HEARTBEAT = "heartbeat"
 TIMER_WFT_RETRY = "wft_retry"
 TIMER_WORKFLOW_RETRY = "workflow_retry"
 TIMER_EXECUTION_TIMEOUT = "execution_timeout"
+TIMER_USER = "user_timer"        # coda.context.sleep
 
 
 @dataclass

@@ -234,6 +234,8 @@ def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
         sm_tasks.schedule(ctx, record, command)
     elif kind == "StartChildWorkflow":
         sm_children.schedule(ctx, record, command)
+    elif kind == "StartTimer":
+        _start_timer(ctx, record, command)
     elif kind == "CompleteWorkflow":
         result = command.get("result")
         if not isinstance(result, bytes) or len(result) > limits.payload_bytes_max:
@@ -248,6 +250,33 @@ def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
             "type": "CancelledError", "message": str(command.get("reason") or "cancelled")[:4096]})
     else:
         raise InvalidArgument(f"unknown workflow command {kind!r}", field="workflow_commands")
+
+
+def _start_timer(ctx: c.Ctx, record: dict, command: dict) -> None:
+    key = validate.identifier(command.get("key"), "timer key", limits.task_key_bytes_max)
+    delay_ms = command.get("delay_ms")
+    if type(delay_ms) is not int or not 0 <= delay_ms <= limits.timer_delay_ms_max:
+        raise InvalidArgument(f"a timer's delay_ms must be an integer in 0.."
+                              f"{limits.timer_delay_ms_max}", field="delay_ms")
+    if len(record["timers"]) >= limits.open_tasks_per_run_max:
+        raise InvalidArgument(f"workflow {record['workflow_id']} has "
+                              f"{len(record['timers'])} timers pending", field="timers")
+    fire_ms = ctx.time_ms + delay_ms
+    c.append_history(ctx, record, {"type": "TimerStarted", "key": key, "fire_at_ms": fire_ms})
+    # In the run's timers: closing the run removes it.
+    record["timers"].append(c.set_timer(ctx, fire_ms, record["workflow_id"], {
+        "kind": c.TIMER_USER, "run_id": record["run_id"], "key": key}))
+
+
+def timer_fired(ctx: c.Ctx, timer: dict) -> None:
+    record = c.current_run(ctx.txn, timer["workflow_id"], timer["run_id"])
+    if record is None:
+        return
+    record["timers"] = [k for k in record["timers"] if ctx.txn.get(keys.TIMERS, k) is not None]
+    c.append_history(ctx, record, {"type": "TimerFired", "key": timer["key"]})
+    record["wft_needed"] = True
+    wake(ctx, record)
+    c.save_workflow(ctx.txn, record)
 
 
 def _error(error) -> dict:

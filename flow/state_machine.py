@@ -97,6 +97,7 @@ _TIMER_HANDLERS = {
     c.TIMER_WFT_RETRY: sm_workflows.backoff_over,
     c.TIMER_WORKFLOW_RETRY: sm_workflows.backoff_over,
     c.TIMER_EXECUTION_TIMEOUT: sm_workflows.execution_timed_out,
+    c.TIMER_USER: sm_workflows.timer_fired,
 }
 
 _HANDLERS = {

@@ -82,6 +82,13 @@ from examples.weekly_email import get_all_orgs, send_weekly_email, weekly_email
 ORGS = ["acme", "globex", "initech", "umbrella"]
 
 
+@coda.workflow(name="x_sleeper")
+async def x_sleeper(seconds):
+    before = coda.context.now()
+    await coda.context.sleep(seconds)
+    return (coda.context.now() - before).total_seconds()
+
+
 # --- the weekly email again, with tasks that count their executions --------------------------
 
 @coda.task(name="x_get_orgs")
@@ -417,6 +424,18 @@ def test_process_event_example(env):
     assert len(of_type(history, "TaskStarted")) == 2  # each ran once
     assert history[-1]["type"] == "WorkflowExecutionCompleted"
     assert handle.describe()["status"] == "COMPLETED"
+
+
+def test_a_durable_sleep_fires_on_time_and_once(env):
+    started_s = time.monotonic()
+    handle, slept_s = env.run("x_sleeper", {"seconds": 2})
+    assert time.monotonic() - started_s >= 2.0
+    assert 2.0 <= slept_s < 4.0  # the workflow's clock: the firing time, from history
+    history = handle.history()
+    [started] = of_type(history, "TimerStarted")
+    [fired] = of_type(history, "TimerFired")
+    assert fired["time_ms"] >= started["fire_at_ms"]  # never before its time
+    assert fired["time_ms"] - started["fire_at_ms"] < 2000
 
 
 def test_saga_example_compensates_a_trip_that_cannot_be_booked(env):

@@ -61,7 +61,16 @@ async def parent(n, child_type="twice"):
         return f"child {exc.status}: {exc.error_type}"
 
 
-WORKFLOWS = {definition_of(f).name: definition_of(f) for f in (twice, careful, typo, parent)}
+@coda.workflow(name="napper")
+async def napper():
+    before = coda.context.now()
+    await coda.context.sleep(30)
+    await coda.context.sleep(0)
+    return (coda.context.now() - before).total_seconds()
+
+
+WORKFLOWS = {definition_of(f).name: definition_of(f)
+             for f in (twice, careful, typo, parent, napper)}
 
 
 class Sim:
@@ -357,3 +366,28 @@ def test_cancel_fails_tasks_not_yet_started(sim):
     scheduled = [e["task"] for e in sim.history("w3") if e["type"] == "TaskScheduled"]
     assert scheduled == ["inc", "undo"]
     assert [e for e in sim.history("w3") if e["type"] == "TaskStarted"][0]["key"] != failed[0]["key"]
+
+
+def test_a_durable_sleep_fires_once_at_its_time_and_moves_now(sim):
+    sim.start("z1", "napper", {})
+    sim.step()
+    assert [e["type"] for e in sim.history("z1")][-1] == "TimerStarted"
+    sim.time_ms += 29_999
+    assert sim.fire_due() == 0 and sim.step() == 0      # not before its time
+    sim.time_ms += 1
+    assert sim.fire_due() == 1 and sim.fire_due() == 0  # once
+    while sim.step() or sim.fire_due():
+        pass
+    record = sim.record("z1")
+    assert record["status"] == model.COMPLETED and codec.unpack(record["result"]) == 30.0
+    assert [e["type"] for e in sim.history("z1")].count("TimerFired") == 2
+    assert sim.read(lambda txn: list(txn.scan(keys.TIMERS))) == []
+
+
+def test_closing_a_run_removes_its_pending_timers(sim):
+    sim.start("z2", "napper", {})
+    sim.step()
+    sim.apply(commands.close_request(commands.TERMINATE_WORKFLOW, request_id="tz",
+                                     time_ms=sim.time_ms, workflow_id="z2", run_id=None,
+                                     reason="ops"))
+    assert sim.read(lambda txn: list(txn.scan(keys.TIMERS))) == []
