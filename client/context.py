@@ -12,11 +12,11 @@ import datetime
 import uuid
 
 from coda.client import sdk, task_context
-from coda.client.workflow_runtime import CodaFuture, all_of, current_run
+from coda.client.workflow_runtime import CodaFuture, all_of, current_run, deadline
 from coda.errors import InvalidArgument
 from coda.flow import limits, validate
 
-__all__ = ["spawn_task", "spawn_workflow", "sleep", "sleep_until", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
+__all__ = ["spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
            "heartbeat", "idempotency_key", "task_info"]
 
 
@@ -80,6 +80,17 @@ def sleep(seconds: float) -> CodaFuture:
         raise InvalidArgument(f"sleep takes 0..{SLEEP_S_MAX} seconds, got {seconds!r}",
                               field="seconds")
     return current_run().start_timer(int(round(seconds * 1000)))
+
+
+def wait_for(awaitable, timeout: float) -> CodaFuture:
+    """`await coda.context.wait_for(fut, 30)`: fut's result, or TimeoutError after a
+    durable timer of `timeout` seconds. The awaited task keeps running; its result stays
+    in history (await it again to get it)."""
+    if (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+            or not 0 <= timeout <= SLEEP_S_MAX):
+        raise InvalidArgument(f"wait_for takes a timeout of 0..{SLEEP_S_MAX} seconds, got "
+                              f"{timeout!r}", field="timeout")
+    return deadline(awaitable, timeout)
 
 
 def sleep_until(when: datetime.datetime) -> CodaFuture:

@@ -119,7 +119,22 @@ class CodaFuture:
         return self.result()
 
 
-class _AllOf(CodaFuture):
+class _Composite(CodaFuture):
+    """A future made of others: `refresh` settles it from its parts."""
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    def __await__(self):
+        self.refresh()
+        while not self._done:
+            yield self
+            self.refresh()
+        _observe(self.time_ms)
+        return self.result()
+
+
+class _AllOf(_Composite):
     """Done when every part is done, or as soon as one fails (the earliest spawned wins)."""
 
     def __init__(self, parts: list[CodaFuture]):
@@ -134,13 +149,27 @@ class _AllOf(CodaFuture):
             self.set_result([p.result() for p in self.parts],
                             max((p.time_ms for p in self.parts), default=0))
 
-    def __await__(self):
-        self.refresh()
-        while not self._done:
-            yield self
-            self.refresh()
-        _observe(self.time_ms)
-        return self.result()
+
+class _Deadline(_Composite):
+    """`wait_for`: the awaited future's outcome, or TimeoutError once its timer fired.
+    If both are known in the same step, the awaited one wins (the same on every replay,
+    since replay reveals events in the steps they first came in)."""
+
+    def __init__(self, awaited: CodaFuture, timer: CodaFuture, timeout_s: float):
+        super().__init__(f"{awaited.description} within {timeout_s} s")
+        self.awaited, self.timer, self.timeout_s = awaited, timer, timeout_s
+
+    def refresh(self) -> None:
+        if isinstance(self.awaited, _Composite):
+            self.awaited.refresh()
+        if self.awaited.done():
+            if self.awaited._error is not None:
+                self.set_error(self.awaited._error, self.awaited.time_ms)
+            else:
+                self.set_result(self.awaited._result, self.awaited.time_ms)
+        elif self.timer.done():
+            self.set_error(TimeoutError(f"{self.awaited.description} did not finish within "
+                                        f"{self.timeout_s} s"), self.timer.time_ms)
 
 
 def _observe(time_ms: int) -> None:
@@ -264,7 +293,7 @@ class WorkflowRun:
             cancel_now = (self._cancel_reason is not None and not self._cancel_delivered
                           and self._waiting_on is not None)
             if self._waiting_on is not None and not cancel_now:
-                if isinstance(self._waiting_on, _AllOf):
+                if isinstance(self._waiting_on, _Composite):
                     self._waiting_on.refresh()
                 if not self._waiting_on.done():
                     return
@@ -458,6 +487,14 @@ def current_run() -> WorkflowRun:
     if run is None:
         raise InvalidArgument("coda.context is only usable inside a running workflow")
     return run
+
+
+def deadline(awaited, timeout_s: float) -> CodaFuture:
+    if not isinstance(awaited, CodaFuture):
+        raise InvalidArgument(f"wait_for takes a future of coda.context (spawn_task, "
+                              f"spawn_workflow, await_all, ...), got {awaited!r}")
+    return _Deadline(awaited, current_run().start_timer(int(round(timeout_s * 1000))),
+                     timeout_s)
 
 
 def all_of(futures) -> CodaFuture:

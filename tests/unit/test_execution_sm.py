@@ -69,8 +69,16 @@ async def napper():
     return (coda.context.now() - before).total_seconds()
 
 
+@coda.workflow(name="impatient")
+async def impatient(n):
+    try:
+        return await coda.context.wait_for(coda.context.spawn_task(inc, args={"n": n}), 10)
+    except TimeoutError:
+        return "gave up"
+
+
 WORKFLOWS = {definition_of(f).name: definition_of(f)
-             for f in (twice, careful, typo, parent, napper)}
+             for f in (twice, careful, typo, parent, napper, impatient)}
 
 
 class Sim:
@@ -391,3 +399,23 @@ def test_closing_a_run_removes_its_pending_timers(sim):
                                      time_ms=sim.time_ms, workflow_id="z2", run_id=None,
                                      reason="ops"))
     assert sim.read(lambda txn: list(txn.scan(keys.TIMERS))) == []
+
+
+def test_wait_for_returns_the_result_that_comes_in_time(sim):
+    sim.start("i1", "impatient", {"n": 1})
+    while sim.step():
+        pass
+    assert codec.unpack(sim.record("i1")["result"]) == 2
+
+
+def test_wait_for_raises_timeout_when_its_timer_fires_first(sim):
+    sim.start("i2", "impatient", {"n": 1})
+    sim.step()                          # schedules inc and a 10 s timer
+    [task] = sim.assign()               # inc runs ... and takes too long
+    sim.time_ms += 10_000
+    assert sim.fire_due() == 1
+    while sim.step():                   # (the step would run inc; it is already assigned)
+        pass
+    assert codec.unpack(sim.record("i2")["result"]) == "gave up"
+    # The run closed and cancelled the task: its late result is fenced off.
+    assert "CANCELLED" in sim.complete(task, {"result": codec.pack(2)})["rejected"]

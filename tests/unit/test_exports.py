@@ -8,7 +8,7 @@ PUBLIC = {"ChildWorkflowFailedError", "Client", "CodaError", "NonDeterminismErro
           "TaskFailedError", "WaitTimeout", "WorkflowCancelledError", "WorkflowError",
           "WorkflowFailedError", "WorkflowHandle", "WorkflowTerminatedError",
           "WorkflowTimedOutError", "context", "errors", "task", "testing", "workflow"}
-CONTEXT = {"spawn_task", "spawn_workflow", "sleep", "sleep_until", "await_all", "gather", "now", "random", "uuid4",
+CONTEXT = {"spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all", "gather", "now", "random", "uuid4",
            "workflow_id", "heartbeat", "idempotency_key", "task_info"}
 
 
