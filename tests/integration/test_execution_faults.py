@@ -298,6 +298,51 @@ def chain_cluster(make_cluster, tmp_path):
         sups.close()
 
 
+SLEEP_MODULE = RECORDER + '''
+import coda
+
+
+@coda.task(name="after_nap")
+def after_nap():
+    record("after_nap")
+    return "woke"
+
+
+@coda.workflow(name="napper")
+async def napper(seconds):
+    await coda.context.sleep(seconds)
+    return await coda.context.spawn_task(after_nap)
+'''
+
+
+def test_a_sleep_survives_kill_9_of_the_shard_leader_and_of_a_worker(chain_cluster):
+    """A 2 s durable sleep: the shard's leader and a worker die while it sleeps. The new
+    leader fires the timer (it is in the log and LMDB, not in anyone's memory), exactly
+    once and not before its time; the workflow resumes by replay on the new worker."""
+    cluster, sups, log_path = chain_cluster(shards=2, module_source=SLEEP_MODULE,
+                                            module="sleepers")
+    sup = sups.start("sleepers", workers=2)
+    sup.wait_connected()
+    wid = "nap-1"
+    run(start_all(cluster.address, "napper", {wid: {"seconds": 2}}))
+    with cluster.client() as client:
+        wait_for(lambda: any(e["type"] == "TimerStarted"
+                             for e in client.workflow_history(wid)), 20, "the timer started")
+    leader = cluster.leader_node(cluster.shard_of(wid))
+    cluster.kill(leader)
+    victim = sup.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    result = results_of(cluster.address, [wid], 60)[wid]
+    assert result == "woke"
+    with cluster.client(node=[i for i in range(3) if i != leader]) as client:
+        history = client.workflow_history(wid)
+    [started] = [e for e in history if e["type"] == "TimerStarted"]
+    fired = [e for e in history if e["type"] == "TimerFired"]
+    assert len(fired) == 1, fired
+    assert fired[0]["time_ms"] >= started["fire_at_ms"]
+    assert [r["event"] for r in read_records(log_path)] == ["after_nap"]  # ran once
+
+
 # --- 1. a worker process killed mid-task -----------------------------------------------------
 
 def test_worker_killed_mid_task(chain_cluster):
