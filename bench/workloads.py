@@ -37,3 +37,10 @@ async def one():
 
 WORKFLOW_TYPES = ["bench_seq", "bench_fan", "bench_one"]
 TASK_TYPES = ["bench_noop"]
+
+
+@coda.workflow(name="bench_sleep")
+async def sleep(seconds=5.0):
+    """One durable sleep (bench/bench_timers.py): the workflow holds no process meanwhile."""
+    await coda.context.sleep(seconds)
+    return seconds
