@@ -25,6 +25,20 @@ BEHIND_STARTS = 250
 COMPACTION = {"log_compaction_min_entries": 50}
 
 
+def compaction_lag(cluster, others, applied_before: dict) -> list:
+    """Shards whose leader has not yet compacted past what the victim holds."""
+    behind = []
+    for s in cluster.status(others)["shards"]:
+        leader = cluster.node_index(s["leader"]) if s["leader"] else None
+        replica = next((r for r in s["replicas"] if r["role"] == "leader"), None)
+        if (leader is None or replica is None
+                or cluster.metric(leader, "coda_shard_snapshots_written_total",
+                                  shard=s["shard"]) < 1
+                or replica["log_length"] >= replica["applied_index"] - applied_before[s["shard"]]):
+            behind.append(s)
+    return behind
+
+
 def installs(cluster, i: int) -> dict[int, float]:
     return {s: cluster.metric(i, "coda_shard_snapshot_installs_total", shard=s)
             for s in range(cluster.shards)}
@@ -56,13 +70,16 @@ def test_lagging_follower_gets_snapshot(make_cluster, how):
         time.sleep(RaftTiming().connection_timeout_s + 1.5)
         acked |= start_many(cluster.address_of(others),
                             [f"behind-late-{n}" for n in range(BEHIND_STARTS)])
-    # Every shard's leader compacted its log past what the victim holds.
-    status = cluster.status(others)
-    for s in status["shards"]:
-        leader = cluster.node_index(s["leader"])
-        assert cluster.metric(leader, "coda_shard_snapshots_written_total", shard=s["shard"]) >= 1
-        leader_replica = next(r for r in s["replicas"] if r["role"] == "leader")
-        assert leader_replica["log_length"] < leader_replica["applied_index"] - applied_before[s["shard"]], s
+    # Every shard's leader compacted its log past what the victim holds. Compaction runs in
+    # the leader's tick thread after the entries apply, and replica status is published
+    # every 0.25 s, so the acks can come before both: wait for them (bounded).
+    deadline = time.monotonic() + 20
+    while True:
+        behind = compaction_lag(cluster, others, applied_before)
+        if not behind or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert not behind, behind
 
     log_offset = len(cluster.read_log(victim))
     if how == "sigkill":
