@@ -446,6 +446,15 @@ async def measure(args, cluster: Cluster, supervisor: SupervisorProcess) -> dict
 
 # --- report ----------------------------------------------------------------------------------
 
+def save_report(out_dir: str, name: str, report: dict) -> str:
+    """bench/results/<name>-<UTC time>.json; returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    return path
+
+
 def git_facts() -> dict:
     def git(*argv) -> str:
         return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout
@@ -592,11 +601,7 @@ def main() -> None:
     }
     print()
     print_table(report)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "execution-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-                        + ".json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    path = save_report(args.out, "execution", report)
     print(f"\nsaved {path} ({report['wall_seconds']} s)")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ import coda  # noqa: E402
 from harness import Cluster, SupervisorProcess  # noqa: E402
 
 sys.path.insert(0, HERE)
-from bench_execution import git_facts  # noqa: E402
+from bench_execution import git_facts, save_report  # noqa: E402
 
 
 def percentiles(values: list[float]) -> dict:
@@ -111,12 +110,7 @@ def main() -> None:
     print(f"end to end (client)             p50 {e['p50']} ms  p99 {e['p99']} ms  max {e['max']} ms")
     print(f"baseline asyncio.sleep          p50 {baseline['p50']} ms  p99 {baseline['p99']} ms")
     print(f"{args.sleepers} sleepers done in {measured['wall_s']} s")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "timers-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-                        + ".json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"saved {path}")
+    print(f"saved {save_report(args.out, 'timers', report)}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,9 @@ session_history_runs_max = 20_000
 session_credit_max = 100_000
 # Outbox entries (messages to other shards) one leader delivers per round.
 outbox_batch_max = 256
+# Messages of one supervisor session being committed at once; task heartbeats beyond it
+# are dropped (the next carries the latest details; completions are bounded by credit).
+session_pending_batches_max = 64
 # Completions in one message from a supervisor.
 completions_per_message_max = 1000
 history_page_size_default = 1000

@@ -99,6 +99,8 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
                 if kind == "credit":
                     dispatcher.add_credit(session, message.credit.slots)
                 elif kind == "heartbeat" and message.heartbeat.tasks:
+                    if len(pending) >= limits.session_pending_batches_max:
+                        continue  # only progress reports: the next heartbeat carries them
                     task = asyncio.create_task(_task_heartbeats(dispatcher, message.heartbeat))
                     pending.add(task)
                     task.add_done_callback(pending.discard)

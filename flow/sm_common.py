@@ -103,15 +103,11 @@ def open_tasks(txn: Txn, workflow_id: str, run_id: str) -> list[dict]:
 
 # --- queues ------------------------------------------------------------------------------
 
-def _next_counter(txn: Txn, key: bytes) -> int:
+def next_counter(txn: Txn, key: bytes) -> int:
     raw = txn.get(keys.META, key)
     value = keys.from_u64(raw) if raw else 0
     txn.put(keys.META, key, keys.u64(value + 1))
     return value
-
-
-def next_counter(txn: Txn, key: bytes) -> int:
-    return _next_counter(txn, key)
 
 
 def _add_depth(txn: Txn, queue: str, delta: int) -> None:
@@ -125,7 +121,7 @@ def _add_depth(txn: Txn, queue: str, delta: int) -> None:
 
 
 def enqueue(ctx: Ctx, queue: str, entry: dict) -> int:
-    seq = _next_counter(ctx.txn, keys.META_QUEUE_SEQ)
+    seq = next_counter(ctx.txn, keys.META_QUEUE_SEQ)
     ctx.txn.put(keys.QUEUES, keys.queue_key(queue, seq), codec.pack(entry))
     _add_depth(ctx.txn, queue, +1)
     return seq
@@ -156,7 +152,8 @@ def set_timer(ctx: Ctx, fire_ms: int, workflow_id: str, body: dict) -> bytes:
 
 def clear_timers(txn: Txn, timer_keys) -> None:
     for key in timer_keys or ():
-        txn.delete(keys.TIMERS, key)
+        if key is not None:
+            txn.delete(keys.TIMERS, key)
 
 
 # --- assignments -------------------------------------------------------------------------

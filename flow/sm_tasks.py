@@ -16,7 +16,7 @@ from __future__ import annotations
 from coda.errors import InvalidArgument
 from coda.flow import limits, retry, validate
 from coda.flow import sm_common as c
-from coda.storage import codec, keys
+from coda.storage import keys
 
 
 def _timeout_ms(options: dict, name: str) -> int | None:
@@ -55,7 +55,7 @@ def schedule(ctx: c.Ctx, record: dict, command: dict) -> None:
     task = {"workflow_id": wid, "run_id": run_id, "key": key, "task": name, "args": args,
             "retry": policy, "timeouts_ms": timeouts, "attempt": 0, "status": c.QUEUED,
             "idempotency_key": str(command.get("idempotency_key") or f"{wid}/{key}")[:512],
-            "scheduled_ms": ctx.time_ms, "supervisor": None, "seq": None, "timers": [],
+            "scheduled_ms": ctx.time_ms, "supervisor": None, "seq": None, "timers": {},
             "heartbeat_details": None}
     if not c.is_declared(ctx.txn, "task", name):
         _fail_for_good(ctx, record, task, {
@@ -64,9 +64,9 @@ def schedule(ctx: c.Ctx, record: dict, command: dict) -> None:
         return
     record["open_tasks"] = record.get("open_tasks", 0) + 1
     if timeouts["schedule_to_start_timeout"]:
-        task["timers"].append(c.set_timer(
+        task["timers"][c.TIMER_SCHEDULE_TO_START] = c.set_timer(
             ctx, ctx.time_ms + timeouts["schedule_to_start_timeout"], wid,
-            {"kind": c.TIMER_SCHEDULE_TO_START, "run_id": run_id, "key": key, "attempt": 1}))
+            {"kind": c.TIMER_SCHEDULE_TO_START, "run_id": run_id, "key": key, "attempt": 1})
     _enqueue(ctx, task)
 
 
@@ -89,14 +89,13 @@ def assign(ctx: c.Ctx, supervisor_id: str, entry: dict, queue: str, seq: int) ->
     record = c.current_run(ctx.txn, task["workflow_id"], task["run_id"])
     if record is None:
         return None
-    c.clear_timers(ctx.txn, [t for t in task["timers"]
-                             if _timer_kind_of(ctx, t) == c.TIMER_SCHEDULE_TO_START])
-    task["timers"] = []
+    c.clear_timers(ctx.txn, task["timers"].values())  # a queued task's: schedule-to-start
+    task["timers"] = {}
     task.update(status=c.RUNNING, supervisor=supervisor_id, seq=None, started_ms=ctx.time_ms)
     for kind, name in ((c.TIMER_START_TO_CLOSE, "start_to_close_timeout"),
                        (c.TIMER_HEARTBEAT, "heartbeat_timeout")):
         if task["timeouts_ms"].get(name):
-            task["timers"].append(_attempt_timer(ctx, task, kind, task["timeouts_ms"][name]))
+            task["timers"][kind] = _attempt_timer(ctx, task, kind, task["timeouts_ms"][name])
     c.add_assignment(ctx.txn, supervisor_id, task["workflow_id"], task["run_id"], task["key"],
                      task["attempt"])
     c.append_history(ctx, record, {"type": "TaskStarted", "key": task["key"],
@@ -105,11 +104,6 @@ def assign(ctx: c.Ctx, supervisor_id: str, entry: dict, queue: str, seq: int) ->
     c.save_task(ctx.txn, task)
     return {"kind": "task", "workflow_id": task["workflow_id"], "run_id": task["run_id"],
             "key": task["key"], "attempt": task["attempt"]}
-
-
-def _timer_kind_of(ctx: c.Ctx, timer_key: bytes) -> str | None:
-    raw = ctx.txn.get(keys.TIMERS, timer_key)
-    return codec.unpack(raw)["kind"] if raw is not None else None
 
 
 def _attempt_timer(ctx: c.Ctx, task: dict, kind: str, after_ms: int) -> bytes:
@@ -148,9 +142,9 @@ def attempt_failed(ctx: c.Ctx, task: dict, record: dict, error: dict, retryable:
     if retryable and retry.retries_after(policy, task["attempt"], error["type"]):
         retry_at_ms = ctx.time_ms + retry.delay_ms(policy, task["attempt"])
         task["status"] = c.BACKOFF
-        task["timers"] = [c.set_timer(ctx, retry_at_ms, task["workflow_id"], {
+        task["timers"] = {c.TIMER_TASK_RETRY: c.set_timer(ctx, retry_at_ms, task["workflow_id"], {
             "kind": c.TIMER_TASK_RETRY, "run_id": task["run_id"], "key": task["key"],
-            "attempt": task["attempt"]})]
+            "attempt": task["attempt"]})}
         c.save_task(ctx.txn, task)
         c.append_history(ctx, record, {"type": "TaskAttemptFailed", "key": task["key"],
                                        "attempt": task["attempt"], "error": error,
@@ -161,7 +155,7 @@ def attempt_failed(ctx: c.Ctx, task: dict, record: dict, error: dict, retryable:
 
 
 def _fail_for_good(ctx: c.Ctx, record: dict, task: dict, error: dict) -> None:
-    task.update(status=c.FAILED, args=None, timers=[])
+    task.update(status=c.FAILED, args=None, timers={})
     c.save_task(ctx.txn, task)
     c.append_history(ctx, record, {"type": "TaskFailed", "key": task["key"], "error": error,
                                    "attempt": task["attempt"]})
@@ -169,8 +163,8 @@ def _fail_for_good(ctx: c.Ctx, record: dict, task: dict, error: dict) -> None:
 
 
 def _stop_attempt(ctx: c.Ctx, task: dict) -> None:
-    c.clear_timers(ctx.txn, task["timers"])
-    task["timers"] = []
+    c.clear_timers(ctx.txn, task["timers"].values())
+    task["timers"] = {}
     c.remove_assignment(ctx.txn, task["supervisor"], task["workflow_id"], task["run_id"],
                         task["key"])
 
@@ -181,7 +175,7 @@ def retry_due(ctx: c.Ctx, timer: dict) -> None:
         return
     if c.current_run(ctx.txn, task["workflow_id"], task["run_id"]) is None:
         return
-    task["timers"] = []
+    task["timers"] = {}
     _enqueue(ctx, task)
 
 
@@ -194,7 +188,7 @@ def timed_out(ctx: c.Ctx, timer: dict) -> None:
     if record is None:
         return
     kind = timer["kind"]
-    task["timers"] = [t for t in task["timers"] if ctx.txn.get(keys.TIMERS, t) is not None]
+    task["timers"].pop(kind, None)  # fire_timers deleted its row
     error = {"type": {c.TIMER_START_TO_CLOSE: "StartToCloseTimeout",
                       c.TIMER_HEARTBEAT: "HeartbeatTimeout",
                       c.TIMER_SCHEDULE_TO_START: "ScheduleToStartTimeout"}[kind],
@@ -218,16 +212,9 @@ def timed_out(ctx: c.Ctx, timer: dict) -> None:
 def heartbeat(ctx: c.Ctx, task: dict, details) -> None:
     task["heartbeat_details"] = details
     if task["timeouts_ms"].get("heartbeat_timeout"):
-        kept = []
-        for key in task["timers"]:
-            raw_kind = _timer_kind_of(ctx, key)
-            if raw_kind == c.TIMER_HEARTBEAT:
-                ctx.txn.delete(keys.TIMERS, key)
-            elif raw_kind is not None:
-                kept.append(key)
-        kept.append(_attempt_timer(ctx, task, c.TIMER_HEARTBEAT,
-                                   task["timeouts_ms"]["heartbeat_timeout"]))
-        task["timers"] = kept
+        c.clear_timers(ctx.txn, [task["timers"].pop(c.TIMER_HEARTBEAT, None)])
+        task["timers"][c.TIMER_HEARTBEAT] = _attempt_timer(
+            ctx, task, c.TIMER_HEARTBEAT, task["timeouts_ms"]["heartbeat_timeout"])
     c.save_task(ctx.txn, task)
 
 

@@ -9,6 +9,28 @@ import textwrap
 import time
 
 
+# Test workflow modules start with RECORDER: their tasks call record(event, ...) to append
+# one JSON line per execution event to the file named by LOG_ENV, outside the engine.
+LOG_ENV = "CODA_TEST_EXEC_LOG"
+RECORDER = '''
+import json, os, time
+from coda.client.task_context import current_task
+
+
+def record(event, **extra):
+    """One line per execution event, one O_APPEND write (lines of processes never mix)."""
+    info = current_task()
+    line = json.dumps({"event": event, "wid": info.workflow_id, "key": info.key,
+                       "attempt": info.attempt, "pid": os.getpid(), "t": time.time(), **extra})
+    fd = os.open(os.environ["CODA_TEST_EXEC_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\\n").encode())
+    finally:
+        os.close(fd)
+    return info
+'''
+
+
 def write_module(directory, name: str, source: str) -> str:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, f"{name}.py"), "w") as f:

@@ -39,34 +39,15 @@ import pytest
 from coda import errors
 from coda.client.client import SyncClient
 from coda.errors import NotFound, PayloadError
-from exec_helpers import read_records, wait_for, write_module
+from exec_helpers import LOG_ENV, RECORDER, read_records, wait_for, write_module
 from harness import Cluster, SupervisorProcess
 
 pytestmark = pytest.mark.cluster
 
 LEASE_MS = 3000
 PAYLOAD_BYTES_MAX = 64 * 1024
-LOG_ENV = "CODA_TEST_EXECUTION_LOG"
 RESULT_TIMEOUT_S = 60.0
 
-RECORDER = '''
-import json, os, time
-from coda.client.task_context import current_task
-
-
-def record(event, **extra):
-    """One line per execution event, one O_APPEND write (lines of processes never mix)."""
-    info = current_task()
-    line = json.dumps({"event": event, "wid": info.workflow_id, "key": info.key,
-                       "attempt": info.attempt, "pid": os.getpid(), "t": time.time(), **extra})
-    fd = os.open(os.environ["CODA_TEST_EXECUTION_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-    finally:
-        os.close(fd)
-    return info
-'''
 
 FLOWS = RECORDER + '''
 import asyncio

@@ -45,7 +45,7 @@ from collections import defaultdict
 import pytest
 
 from coda.client.client import Client
-from exec_helpers import read_records, wait_for, write_module
+from exec_helpers import LOG_ENV, RECORDER, read_records, wait_for, write_module
 from harness import SupervisorProcess
 
 pytestmark = pytest.mark.cluster
@@ -54,24 +54,7 @@ pytestmark = pytest.mark.cluster
 # test, which kills nothing and loads the machine most, keeps a longer one.
 LEASE_MS = 2000
 LOADED_LEASE_MS = 3000
-LOG_ENV = "CODA_TEST_EXEC_LOG"
 
-RECORDER = '''
-import json, os, time
-from coda.client.task_context import current_task
-
-def record(event, **extra):
-    """One line per event, one O_APPEND write: lines of concurrent processes never mix."""
-    info = current_task()
-    line = json.dumps({"event": event, "wid": info.workflow_id, "key": info.key,
-                       "attempt": info.attempt, "pid": os.getpid(), "t": time.time(), **extra})
-    fd = os.open(os.environ["CODA_TEST_EXEC_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-    finally:
-        os.close(fd)
-    return info
-'''
 
 # Workflows of sequential steps; step n sleeps steps[n] seconds. Each step's result names
 # the execution that produced it.
@@ -199,6 +182,14 @@ def supervisor_metric(sup: SupervisorProcess, name: str) -> float:
         text = answer.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.split("{")[0].split(" ")[0] == name)
+
+
+def assert_ran_once(by_key: dict, keys) -> None:
+    """Tasks whose results were acknowledged before a kill: started and completed once."""
+    for key in keys:
+        entry = by_key[key]
+        assert len(entry["started"]) == 1 and len(entry["completed"]) == 1, \
+            f"{key} was acknowledged before the kill and ran again: {entry}"
 
 
 def lease_expiries(cluster) -> list[tuple[str, float]]:
@@ -448,10 +439,7 @@ def test_supervisor_killed_mid_workflow(chain_cluster):
     checked = check_executions(records, results, a_pids, {w: len(steps) for w in wids})
 
     by_key = executions_by_key(records)
-    for key in acked_before:
-        entry = by_key[key]
-        assert len(entry["started"]) == 1 and len(entry["completed"]) == 1, \
-            f"{key} was acknowledged before the kill and ran again: {entry}"
+    assert_ran_once(by_key, acked_before)
     # What A was running when it died ran again on B, and only after A's lease expired.
     after_kill = [r for r in records if r["event"] == "started" and r["t"] > killed_wall]
     assert after_kill and all(r["pid"] in b_pids for r in after_kill), \
@@ -518,10 +506,7 @@ def test_shard_leader_killed_mid_workflow(chain_cluster):
     checked = check_executions(records, results, None, {w: len(steps) for w in wids})
 
     by_key = executions_by_key(records)
-    for key in acked_before:
-        entry = by_key[key]
-        assert len(entry["started"]) == 1 and len(entry["completed"]) == 1, \
-            f"{key} was acknowledged before the kill and ran again: {entry}"
+    assert_ran_once(by_key, acked_before)
     for key, entry in by_key.items():
         assert len(entry["completed"]) <= 2, (key, entry)
     target_after = sorted(r["t"] for r in records if r["event"] == "started"
