@@ -28,9 +28,15 @@ TASK_HEARTBEAT = "task_heartbeat"
 FIRE_TIMERS = "fire_timers"
 CHILD_CLOSED = "child_closed"
 OUTBOX_DONE = "outbox_done"
+CREATE_SCHEDULE = "create_schedule"
+UPDATE_SCHEDULE = "update_schedule"
+DELETE_SCHEDULE = "delete_schedule"
+PATCH_SCHEDULE = "patch_schedule"          # pause, unpause, trigger, backfill
+SCHEDULE_RUN_CLOSED = "schedule_run_closed"
+SCHEDULE_KINDS = (CREATE_SCHEDULE, UPDATE_SCHEDULE, DELETE_SCHEDULE, PATCH_SCHEDULE)
 KINDS = (START_WORKFLOW, BARRIER, CANCEL_WORKFLOW, TERMINATE_WORKFLOW, REGISTER_SUPERVISOR,
          EXPIRE_SUPERVISOR, ASSIGN, COMPLETE, TASK_HEARTBEAT, FIRE_TIMERS, CHILD_CLOSED,
-         OUTBOX_DONE)
+         OUTBOX_DONE, *SCHEDULE_KINDS, SCHEDULE_RUN_CLOSED)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,10 @@ def decode(data) -> Command:
 def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_type: str,
                    input_payload: bytes, run_id: str, reuse_policy: str,
                    execution_timeout_ms: int = 0, allow_undeclared_type: bool = True,
-                   parent: dict | None = None) -> bytes:
+                   parent: dict | None = None, schedule: dict | None = None,
+                   retry_deadline_ms: int = 0) -> bytes:
+    """`schedule` {schedule_id, nominal_ms}: the run is a schedule's, reported to it when it
+    closes; its retries stop at `retry_deadline_ms` (the schedule's next time; 0: never)."""
     body = {
         "request_id": request_id, "time_ms": time_ms, "workflow_id": workflow_id,
         "workflow_type": workflow_type, "input": input_payload, "run_id": run_id,
@@ -87,7 +96,22 @@ def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_
     }
     if parent is not None:
         body["parent"] = parent
+    if schedule is not None:
+        body["schedule"] = schedule
+        body["retry_deadline_ms"] = retry_deadline_ms
     return encode(START_WORKFLOW, body)
+
+
+def schedule_command(kind: str, *, request_id: str, time_ms: int, body: dict) -> bytes:
+    """create/update/delete/patch_schedule: `body` as flow.sm_schedules reads it."""
+    assert kind in SCHEDULE_KINDS, kind
+    return encode(kind, dict(body, request_id=request_id, time_ms=time_ms))
+
+
+def schedule_run_closed(*, time_ms: int, entry: dict) -> bytes:
+    return encode(SCHEDULE_RUN_CLOSED, {"time_ms": time_ms, "schedule_id": entry["schedule_id"],
+                                        "workflow_id": entry["workflow_id"],
+                                        "status": entry["status"]})
 
 
 def child_closed(*, time_ms: int, entry: dict) -> bytes:

@@ -91,6 +91,18 @@ outbox_batch_max = 256
 session_pending_batches_max = 64
 # Completions in one message from a supervisor.
 completions_per_message_max = 1000
+# --- schedules ---------------------------------------------------------------------------
+# A schedule's run ids are '<schedule id>-<UTC ISO time>' (25 bytes), within workflow ids.
+schedule_id_bytes_max = 200
+schedules_per_shard_max = 10_000
+# Nominal times one timer firing acts on (the rest: on the next firing, due at once).
+schedule_times_per_fire_max = 64
+schedule_backfill_times_max = 1000
+# Runs of one schedule running at once (ALLOW_ALL), and times BUFFER_ALL holds.
+schedule_running_max = 100
+schedule_buffer_max = 1000
+schedule_recent_actions_max = 20
+schedules_page_size_max = 1000
 history_page_size_default = 1000
 history_page_size_max = 10_000
 
@@ -107,3 +119,4 @@ assert workflow_id_bytes_max + type_name_bytes_max + request_id_bytes_max < comm
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + task_key_bytes_max <= lmdb_key_bytes_max
 assert supervisor_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max
 assert 8 + 1 + workflow_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max  # timers
+assert schedule_id_bytes_max + len("-9999-12-31T23:59:59.999Z") <= workflow_id_bytes_max

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05
 RETRY_S = 0.5
 DELIVER_TIMEOUT_S = limits.proposal_timeout_s + 2.0
-KINDS = ("start_child", "child_closed")
+KINDS = ("start_child", "child_closed", "start_scheduled", "schedule_run_closed", "close_run")
 
 
 def command_for(entry: dict) -> bytes:
@@ -42,7 +42,29 @@ def command_for(entry: dict) -> bytes:
             allow_undeclared_type=False, parent=entry["parent"])
     if kind == "child_closed":
         return commands.child_closed(time_ms=time_ms, entry=entry)
+    if kind == "start_scheduled":
+        # REJECT_DUPLICATE: one run per (schedule, nominal time), ever (flow.sm_schedules).
+        return commands.start_workflow(
+            request_id=entry["request_id"], time_ms=time_ms, workflow_id=entry["workflow_id"],
+            workflow_type=entry["workflow_type"], input_payload=entry["input"],
+            run_id=uuid.uuid4().hex, reuse_policy=model.REJECT_DUPLICATE,
+            execution_timeout_ms=entry.get("execution_timeout_ms") or 0,
+            allow_undeclared_type=True, schedule=entry["schedule"],
+            retry_deadline_ms=entry.get("retry_deadline_ms") or 0)
+    if kind == "schedule_run_closed":
+        return commands.schedule_run_closed(time_ms=time_ms, entry=entry)
+    if kind == "close_run":
+        how = (commands.CANCEL_WORKFLOW if entry.get("how") == "cancel"
+               else commands.TERMINATE_WORKFLOW)
+        return commands.close_request(how, request_id=entry["request_id"], time_ms=time_ms,
+                                      workflow_id=entry["workflow_id"], run_id=None,
+                                      reason=entry.get("reason") or "")
     raise InvalidArgument(f"unknown outbox entry kind {kind!r}", field="entry")
+
+
+def route_of(entry: dict) -> str:
+    """The id whose shard an entry goes to: a workflow's, or a schedule's ("route")."""
+    return entry.get("route") or entry["workflow_id"]
 
 
 async def propose_here(replica, entry: dict) -> None:
@@ -92,7 +114,7 @@ class OutboxCourier:
     async def _deliver(self, entry: dict) -> CodaError | None:
         """None when delivered; the error otherwise (retried unless definite and final)."""
         try:
-            target = self.router.shard_of(entry["workflow_id"])
+            target = self.router.shard_of(route_of(entry))
             replica = self.router.replicas[target]
             if replica.is_leader():
                 await propose_here(replica, entry)

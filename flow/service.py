@@ -22,6 +22,8 @@ from coda.errors import (CodaError, Internal, InvalidArgument, NotLeader,
                          Unavailable)
 from coda.flow import (commands, limits, listing, metrics, model, outbox, queries, validate,
                        wire)
+from coda.flow.schedule_service import ScheduleRpcs, list_page as schedules_page
+from coda.flow.schedule_service import schedule_info
 from coda.flow.config import NodeConfig
 from coda.flow.replica import ShardReplica
 from coda.flow.sharding import shard_for
@@ -209,7 +211,7 @@ def forward_metadata() -> tuple:
     return ((wire.FORWARDED_METADATA_KEY, "1"),)
 
 
-class FlowService(pb_grpc.FlowServicer):
+class FlowService(ScheduleRpcs, pb_grpc.FlowServicer):
     def __init__(self, cfg: NodeConfig, router: Router, dispatchers: list):
         self.cfg = cfg
         self.router = router
@@ -379,6 +381,31 @@ class FlowService(pb_grpc.FlowServicer):
             workflows=items,
             next_page_token=listing.encode_token(next_after, fingerprint) if next_after else b"")
 
+    # Schedules: flow.schedule_service.
+    @rpc
+    async def CreateSchedule(self, request, context):
+        return await self.create_schedule(request, context)
+
+    @rpc
+    async def UpdateSchedule(self, request, context):
+        return await self.update_schedule(request, context)
+
+    @rpc
+    async def PatchSchedule(self, request, context):
+        return await self.patch_schedule(request, context)
+
+    @rpc
+    async def DeleteSchedule(self, request, context):
+        return await self.delete_schedule(request, context)
+
+    @rpc
+    async def DescribeSchedule(self, request, context):
+        return await self.describe_schedule(request, context)
+
+    @rpc
+    async def ListSchedules(self, request, context):
+        return await self.list_schedules(request, context)
+
     @rpc
     async def GetClusterStatus(self, request, context):
         local = local_status(self.cfg, self.router.replicas)
@@ -470,12 +497,27 @@ class PeerService(pb_grpc.PeerServicer):
             resume_after=page["resume_after"] or "", exhausted=page["exhausted"])
 
     @rpc
+    async def ListShardSchedules(self, request, context):
+        if request.shard >= self.cfg.shards:
+            raise InvalidArgument(f"shard {request.shard} does not exist", field="shard")
+        shard, after = request.shard, request.after
+        page_size = min(request.page_size or 1, limits.schedules_page_size_max)
+        replica = self.router.replicas[shard]
+        if not replica.is_leader():
+            raise NotLeader(f"this node does not lead shard {shard}", shard=shard,
+                            leader_hint=replica.leader_hint())
+        page = await replica.read(lambda txn: schedules_page(txn, after, page_size))
+        return pb.ListShardSchedulesResponse(
+            schedules=[schedule_info(r, shard) for r in page["items"]],
+            resume_after=page["resume_after"] or "", exhausted=page["exhausted"])
+
+    @rpc
     async def DeliverOutbox(self, request, context):
         if request.shard >= self.cfg.shards:
             raise InvalidArgument(f"shard {request.shard} does not exist", field="shard")
         entry = codec.decode_payload(bytes(request.entry), what="outbox entry")
         if not isinstance(entry, dict) or entry.get("kind") not in outbox.KINDS:
-            raise InvalidArgument("an outbox entry is a start_child or child_closed map",
+            raise InvalidArgument(f"an outbox entry is a map of kind {', '.join(outbox.KINDS)}",
                                   field="entry")
         try:
             await outbox.propose_here(self.router.replicas[request.shard], entry)

@@ -99,9 +99,10 @@ def child_closed(ctx: c.Ctx, body: dict) -> dict:
     return {"applied": True, "record": record}
 
 
-def outbox_done(ctx: c.Ctx, body: dict, deliver_failure) -> dict:
-    """Delivered entries go; a child start the target refused becomes the child's failure
-    (`deliver_failure(ctx, body)` applies a child_closed on this, the parent's, shard)."""
+def outbox_done(ctx: c.Ctx, body: dict, on_refused: dict) -> dict:
+    """Delivered entries go; one the target refused goes to `on_refused[kind](ctx, entry,
+    error)` (a child start's refusal becomes the child's failure; see `child_refused`).
+    Other kinds' refusals (a close_run of a run that already closed) need nothing."""
     done = body.get("done", [])
     refused = body.get("refused", [])
     if (not isinstance(done, list) or not isinstance(refused, list)
@@ -118,9 +119,18 @@ def outbox_done(ctx: c.Ctx, body: dict, deliver_failure) -> dict:
             continue
         ctx.txn.delete(keys.OUTBOX, keys.u64(seq))
         entry = codec.unpack(raw)
-        if entry["kind"] == "start_child":
-            deliver_failure(ctx, {"parent": entry["parent"], "status": "FAILED", "failure": {
-                "type": str(error.get("code") or "StartChildFailed"),
-                "message": f"child workflow {entry['workflow_id']!r} could not start: "
-                           f"{error.get('message', '')}"}})
+        handler = on_refused.get(entry["kind"])
+        if handler is not None:
+            handler(ctx, entry, error if isinstance(error, dict) else {})
     return {}
+
+
+def child_refused(deliver_failure):
+    """The refusal handler of start_child: `deliver_failure(ctx, body)` applies a
+    child_closed on this, the parent's, shard."""
+    def refused(ctx: c.Ctx, entry: dict, error: dict) -> None:
+        deliver_failure(ctx, {"parent": entry["parent"], "status": "FAILED", "failure": {
+            "type": str(error.get("code") or "StartChildFailed"),
+            "message": f"child workflow {entry['workflow_id']!r} could not start: "
+                       f"{error.get('message', '')}"}})
+    return refused

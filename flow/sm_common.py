@@ -34,6 +34,7 @@ TIMER_WFT_RETRY = "wft_retry"
 TIMER_WORKFLOW_RETRY = "workflow_retry"
 TIMER_EXECUTION_TIMEOUT = "execution_timeout"
 TIMER_USER = "user_timer"        # coda.context.sleep
+TIMER_SCHEDULE = "schedule"      # a schedule's next nominal time (workflow_id: its id)
 
 
 @dataclass
@@ -78,6 +79,13 @@ def append_history(ctx: Ctx, record: dict, event: dict) -> int:
     ctx.txn.put(keys.HISTORY, keys.history_key(record["workflow_id"], record["run_id"], event_id),
                 codec.pack(event))
     return event_id
+
+
+def past_retry_deadline(record: dict, retry_at_ms: int) -> bool:
+    """A schedule's run retries (itself, or its tasks) no later than the schedule's next
+    time, so a failing run never slides into the next run's slot (sm_schedules)."""
+    deadline_ms = record.get("retry_deadline_ms") or 0
+    return bool(deadline_ms) and retry_at_ms >= deadline_ms
 
 
 # --- task records ------------------------------------------------------------------------

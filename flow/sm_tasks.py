@@ -139,8 +139,12 @@ def attempt_failed(ctx: c.Ctx, task: dict, record: dict, error: dict, retryable:
     """An attempt ended without a result: retry under the task's policy, or fail it."""
     _stop_attempt(ctx, task)
     policy = task["retry"]
+    retry_at_ms = ctx.time_ms + retry.delay_ms(policy, task["attempt"])
+    if c.past_retry_deadline(record, retry_at_ms):
+        retryable = False
+        error = dict(error, message=(f"{error.get('message', '')} (not retried: the schedule's next "
+                                     "run is due before the retry)")[:8192])
     if retryable and retry.retries_after(policy, task["attempt"], error["type"]):
-        retry_at_ms = ctx.time_ms + retry.delay_ms(policy, task["attempt"])
         task["status"] = c.BACKOFF
         task["timers"] = {c.TIMER_TASK_RETRY: c.set_timer(ctx, retry_at_ms, task["workflow_id"], {
             "kind": c.TIMER_TASK_RETRY, "run_id": task["run_id"], "key": task["key"],

@@ -18,7 +18,7 @@ from __future__ import annotations
 from coda.errors import AlreadyExists, InvalidArgument, NotFound
 from coda.flow import limits, model, retry, validate
 from coda.flow import sm_common as c
-from coda.flow import sm_children, sm_tasks
+from coda.flow import sm_children, sm_schedules, sm_tasks
 from coda.storage import codec, keys
 
 
@@ -62,11 +62,14 @@ def start(ctx: c.Ctx, body: dict) -> dict:
         "result": None, "failure": None, "wft": None, "wft_attempt": 0, "wft_needed": True,
         "wft_failures": 0, "open_tasks": 0, "cancel_requested": False, "timers": [],
         "parent": _parent(body.get("parent")),
+        "schedule": _schedule(body.get("schedule")),
+        "retry_deadline_ms": _deadline(body.get("retry_deadline_ms")),
     }
-    c.append_history(ctx, record, {"type": "WorkflowExecutionStarted",
-                                   "workflow_type": workflow_type, "input": payload,
-                                   "request_id": request_id,
-                                   "execution_timeout_ms": timeout_ms})
+    started = {"type": "WorkflowExecutionStarted", "workflow_type": workflow_type,
+               "input": payload, "request_id": request_id, "execution_timeout_ms": timeout_ms}
+    if record["schedule"]:
+        started["schedule"] = record["schedule"]
+    c.append_history(ctx, record, started)
     if timeout_ms:
         record["timers"].append(c.set_timer(ctx, ctx.time_ms + timeout_ms, workflow_id, {
             "kind": c.TIMER_EXECUTION_TIMEOUT, "run_id": run_id}))
@@ -85,6 +88,26 @@ def _parent(parent) -> dict | None:
             "run_id": validate.run_id(parent.get("run_id")),
             "key": validate.identifier(parent.get("key"), "parent key",
                                        limits.task_key_bytes_max)}
+
+
+def _schedule(schedule) -> dict | None:
+    """The schedule that started this run: {schedule_id, nominal_ms}."""
+    if schedule is None:
+        return None
+    if not isinstance(schedule, dict) or type(schedule.get("nominal_ms")) is not int:
+        raise InvalidArgument("schedule must be a map with schedule_id and nominal_ms",
+                              field="schedule")
+    return {"schedule_id": sm_schedules.schedule_id_of(schedule.get("schedule_id")),
+            "nominal_ms": schedule["nominal_ms"]}
+
+
+def _deadline(deadline_ms) -> int:
+    if deadline_ms is None:
+        return 0
+    if type(deadline_ms) is not int or deadline_ms < 0:
+        raise InvalidArgument("retry_deadline_ms must be a non-negative integer",
+                              field="retry_deadline_ms")
+    return deadline_ms
 
 
 def _make_room_for_new_run(ctx: c.Ctx, current: dict, policy: str) -> None:
@@ -133,6 +156,7 @@ def close(ctx: c.Ctx, record: dict, status: str, *, result: bytes | None = None,
     c.append_history(ctx, record, event)
     ctx.closed.append(record["workflow_id"])
     sm_children.notify_parent(ctx, record)
+    sm_schedules.notify(ctx, record)
 
 
 # --- workflow tasks ----------------------------------------------------------------------
@@ -293,6 +317,11 @@ def _workflow_failed(ctx: c.Ctx, record: dict, error: dict, policy: dict) -> Non
         close(ctx, record, model.FAILED, failure=error)
         return
     retry_at_ms = ctx.time_ms + retry.delay_ms(policy, record["attempt"])
+    if c.past_retry_deadline(record, retry_at_ms):
+        close(ctx, record, model.FAILED, failure=dict(error, message=(
+            f"{error['message']} (not retried: the schedule's next run is due at "
+            f"{record['retry_deadline_ms']} ms, before the retry at {retry_at_ms} ms)")[:8192]))
+        return
     c.append_history(ctx, record, {"type": "WorkflowAttemptFailed", "attempt": record["attempt"],
                                    "error": error, "retry_at_ms": retry_at_ms})
     record["attempt"] += 1
@@ -341,7 +370,9 @@ def child_closed(ctx: c.Ctx, body: dict) -> dict:
 
 
 def outbox_done(ctx: c.Ctx, body: dict) -> dict:
-    return sm_children.outbox_done(ctx, body, child_closed)
+    return sm_children.outbox_done(ctx, body, {
+        "start_child": sm_children.child_refused(child_closed),
+        "start_scheduled": sm_schedules.start_refused})
 
 
 def backoff_over(ctx: c.Ctx, timer: dict) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from coda.errors import CodaError, InvalidArgument
 from coda.flow import commands, limits, validate
 from coda.flow import sm_common as c
-from coda.flow import sm_supervisors, sm_tasks, sm_workflows
+from coda.flow import sm_schedules, sm_supervisors, sm_tasks, sm_workflows
 from coda.storage import codec, keys
 from coda.storage.txn import Txn
 
@@ -98,6 +98,7 @@ _TIMER_HANDLERS = {
     c.TIMER_WORKFLOW_RETRY: sm_workflows.backoff_over,
     c.TIMER_EXECUTION_TIMEOUT: sm_workflows.execution_timed_out,
     c.TIMER_USER: sm_workflows.timer_fired,
+    c.TIMER_SCHEDULE: sm_schedules.fire,
 }
 
 _HANDLERS = {
@@ -113,6 +114,11 @@ _HANDLERS = {
     commands.FIRE_TIMERS: _fire_timers,
     commands.CHILD_CLOSED: sm_workflows.child_closed,
     commands.OUTBOX_DONE: sm_workflows.outbox_done,
+    commands.CREATE_SCHEDULE: sm_schedules.create,
+    commands.UPDATE_SCHEDULE: sm_schedules.update,
+    commands.DELETE_SCHEDULE: sm_schedules.delete,
+    commands.PATCH_SCHEDULE: sm_schedules.patch,
+    commands.SCHEDULE_RUN_CLOSED: sm_schedules.run_closed,
 }
 assert set(_HANDLERS) == set(commands.KINDS)
 

@@ -18,6 +18,206 @@ ALLOW_DUPLICATE_FAILED_ONLY: WorkflowIdReusePolicy
 REJECT_DUPLICATE: WorkflowIdReusePolicy
 TERMINATE_IF_RUNNING: WorkflowIdReusePolicy
 
+class ScheduleSpec(_message.Message):
+    __slots__ = ("cron", "interval_ms", "offset_ms", "timezone", "jitter_ms", "start_time_ms", "end_time_ms")
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    JITTER_MS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    cron: str
+    interval_ms: int
+    offset_ms: int
+    timezone: str
+    jitter_ms: int
+    start_time_ms: int
+    end_time_ms: int
+    def __init__(self, cron: _Optional[str] = ..., interval_ms: _Optional[int] = ..., offset_ms: _Optional[int] = ..., timezone: _Optional[str] = ..., jitter_ms: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ...) -> None: ...
+
+class ScheduleAction(_message.Message):
+    __slots__ = ("workflow_type", "input", "execution_timeout_ms")
+    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    workflow_type: str
+    input: bytes
+    execution_timeout_ms: int
+    def __init__(self, workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., execution_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class SchedulePolicy(_message.Message):
+    __slots__ = ("overlap", "catchup_window_ms", "pause_on_failure")
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    overlap: str
+    catchup_window_ms: int
+    pause_on_failure: bool
+    def __init__(self, overlap: _Optional[str] = ..., catchup_window_ms: _Optional[int] = ..., pause_on_failure: _Optional[bool] = ...) -> None: ...
+
+class CreateScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id", "spec", "action", "policy", "paused", "note", "request_id", "allow_undeclared_type")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNDECLARED_TYPE_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    spec: ScheduleSpec
+    action: ScheduleAction
+    policy: SchedulePolicy
+    paused: bool
+    note: str
+    request_id: str
+    allow_undeclared_type: bool
+    def __init__(self, schedule_id: _Optional[str] = ..., spec: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., action: _Optional[_Union[ScheduleAction, _Mapping]] = ..., policy: _Optional[_Union[SchedulePolicy, _Mapping]] = ..., paused: _Optional[bool] = ..., note: _Optional[str] = ..., request_id: _Optional[str] = ..., allow_undeclared_type: _Optional[bool] = ...) -> None: ...
+
+class UpdateScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id", "spec", "action", "policy", "request_id", "allow_undeclared_type")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNDECLARED_TYPE_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    spec: ScheduleSpec
+    action: ScheduleAction
+    policy: SchedulePolicy
+    request_id: str
+    allow_undeclared_type: bool
+    def __init__(self, schedule_id: _Optional[str] = ..., spec: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., action: _Optional[_Union[ScheduleAction, _Mapping]] = ..., policy: _Optional[_Union[SchedulePolicy, _Mapping]] = ..., request_id: _Optional[str] = ..., allow_undeclared_type: _Optional[bool] = ...) -> None: ...
+
+class PatchScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id", "op", "note", "overlap", "start_time_ms", "end_time_ms", "request_id")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    op: str
+    note: str
+    overlap: str
+    start_time_ms: int
+    end_time_ms: int
+    request_id: str
+    def __init__(self, schedule_id: _Optional[str] = ..., op: _Optional[str] = ..., note: _Optional[str] = ..., overlap: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id", "request_id")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    request_id: str
+    def __init__(self, schedule_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ScheduleResponse(_message.Message):
+    __slots__ = ("schedule_id", "shard")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    shard: int
+    def __init__(self, schedule_id: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class DescribeScheduleRequest(_message.Message):
+    __slots__ = ("schedule_id",)
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    def __init__(self, schedule_id: _Optional[str] = ...) -> None: ...
+
+class ScheduleRun(_message.Message):
+    __slots__ = ("workflow_id", "nominal_time_ms", "closing")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    NOMINAL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    nominal_time_ms: int
+    closing: str
+    def __init__(self, workflow_id: _Optional[str] = ..., nominal_time_ms: _Optional[int] = ..., closing: _Optional[str] = ...) -> None: ...
+
+class ScheduleActionRecord(_message.Message):
+    __slots__ = ("action", "nominal_time_ms", "at_ms", "source", "workflow_id", "status", "detail")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NOMINAL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    nominal_time_ms: int
+    at_ms: int
+    source: str
+    workflow_id: str
+    status: str
+    detail: str
+    def __init__(self, action: _Optional[str] = ..., nominal_time_ms: _Optional[int] = ..., at_ms: _Optional[int] = ..., source: _Optional[str] = ..., workflow_id: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ScheduleInfo(_message.Message):
+    __slots__ = ("schedule_id", "spec", "action", "policy", "paused", "note", "next_action_times_ms", "running", "buffered_times_ms", "recent", "started", "skipped", "missed", "created_ms", "updated_ms", "shard")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ACTION_TIMES_MS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    BUFFERED_TIMES_MS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    spec: ScheduleSpec
+    action: ScheduleAction
+    policy: SchedulePolicy
+    paused: bool
+    note: str
+    next_action_times_ms: _containers.RepeatedScalarFieldContainer[int]
+    running: _containers.RepeatedCompositeFieldContainer[ScheduleRun]
+    buffered_times_ms: _containers.RepeatedScalarFieldContainer[int]
+    recent: _containers.RepeatedCompositeFieldContainer[ScheduleActionRecord]
+    started: int
+    skipped: int
+    missed: int
+    created_ms: int
+    updated_ms: int
+    shard: int
+    def __init__(self, schedule_id: _Optional[str] = ..., spec: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., action: _Optional[_Union[ScheduleAction, _Mapping]] = ..., policy: _Optional[_Union[SchedulePolicy, _Mapping]] = ..., paused: _Optional[bool] = ..., note: _Optional[str] = ..., next_action_times_ms: _Optional[_Iterable[int]] = ..., running: _Optional[_Iterable[_Union[ScheduleRun, _Mapping]]] = ..., buffered_times_ms: _Optional[_Iterable[int]] = ..., recent: _Optional[_Iterable[_Union[ScheduleActionRecord, _Mapping]]] = ..., started: _Optional[int] = ..., skipped: _Optional[int] = ..., missed: _Optional[int] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class DescribeScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleInfo
+    def __init__(self, schedule: _Optional[_Union[ScheduleInfo, _Mapping]] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: bytes
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[bytes] = ...) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules", "next_page_token")
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    next_page_token: bytes
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ..., next_page_token: _Optional[bytes] = ...) -> None: ...
+
 class StartWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id", "execution_timeout_ms", "allow_undeclared_type")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +448,26 @@ class GetShardMapResponse(_message.Message):
     shard_count: int
     leaders: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, shard_count: _Optional[int] = ..., leaders: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListShardSchedulesRequest(_message.Message):
+    __slots__ = ("shard", "after", "page_size")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    after: str
+    page_size: int
+    def __init__(self, shard: _Optional[int] = ..., after: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListShardSchedulesResponse(_message.Message):
+    __slots__ = ("schedules", "resume_after", "exhausted")
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
+    EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    resume_after: str
+    exhausted: bool
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ..., resume_after: _Optional[str] = ..., exhausted: _Optional[bool] = ...) -> None: ...
 
 class DeliverOutboxRequest(_message.Message):
     __slots__ = ("shard", "entry")

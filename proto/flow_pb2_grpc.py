@@ -83,6 +83,36 @@ class FlowStub:
                 request_serializer=coda_dot_api_dot_flow__pb2.WaitWorkflowRequest.SerializeToString,
                 response_deserializer=coda_dot_api_dot_flow__pb2.DescribeWorkflowResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/coda.api.v1.Flow/CreateSchedule',
+                request_serializer=coda_dot_api_dot_flow__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/coda.api.v1.Flow/UpdateSchedule',
+                request_serializer=coda_dot_api_dot_flow__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+                _registered_method=True)
+        self.PatchSchedule = channel.unary_unary(
+                '/coda.api.v1.Flow/PatchSchedule',
+                request_serializer=coda_dot_api_dot_flow__pb2.PatchScheduleRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/coda.api.v1.Flow/DeleteSchedule',
+                request_serializer=coda_dot_api_dot_flow__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+                _registered_method=True)
+        self.DescribeSchedule = channel.unary_unary(
+                '/coda.api.v1.Flow/DescribeSchedule',
+                request_serializer=coda_dot_api_dot_flow__pb2.DescribeScheduleRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.DescribeScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/coda.api.v1.Flow/ListSchedules',
+                request_serializer=coda_dot_api_dot_flow__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
 
 
 class FlowServicer:
@@ -150,6 +180,46 @@ class FlowServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """Schedules (flow/sm_schedules.py). A schedule lives on the shard its id hashes to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """Replaces spec, action and policy; running runs, the buffer and recent actions stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PatchSchedule(self, request, context):
+        """Pause / unpause (with a note), trigger now, backfill a time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Runs it started run on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +267,36 @@ def add_FlowServicer_to_server(servicer, server):
                     servicer.WaitWorkflow,
                     request_deserializer=coda_dot_api_dot_flow__pb2.WaitWorkflowRequest.FromString,
                     response_serializer=coda_dot_api_dot_flow__pb2.DescribeWorkflowResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.SerializeToString,
+            ),
+            'PatchSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchSchedule,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.PatchScheduleRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ScheduleResponse.SerializeToString,
+            ),
+            'DescribeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeSchedule,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.DescribeScheduleRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.DescribeScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ListSchedulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -456,6 +556,168 @@ class Flow:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/CreateSchedule',
+            coda_dot_api_dot_flow__pb2.CreateScheduleRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/UpdateSchedule',
+            coda_dot_api_dot_flow__pb2.UpdateScheduleRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/PatchSchedule',
+            coda_dot_api_dot_flow__pb2.PatchScheduleRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/DeleteSchedule',
+            coda_dot_api_dot_flow__pb2.DeleteScheduleRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/DescribeSchedule',
+            coda_dot_api_dot_flow__pb2.DescribeScheduleRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.DescribeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/ListSchedules',
+            coda_dot_api_dot_flow__pb2.ListSchedulesRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class PeerStub:
     """---------------------------------------------------------------------------------------
@@ -484,6 +746,11 @@ class PeerStub:
                 '/coda.api.v1.Peer/DeliverOutbox',
                 request_serializer=coda_dot_api_dot_flow__pb2.DeliverOutboxRequest.SerializeToString,
                 response_deserializer=coda_dot_api_dot_flow__pb2.DeliverOutboxResponse.FromString,
+                _registered_method=True)
+        self.ListShardSchedules = channel.unary_unary(
+                '/coda.api.v1.Peer/ListShardSchedules',
+                request_serializer=coda_dot_api_dot_flow__pb2.ListShardSchedulesRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ListShardSchedulesResponse.FromString,
                 _registered_method=True)
 
 
@@ -515,6 +782,13 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListShardSchedules(self, request, context):
+        """One shard's part of ListSchedules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -532,6 +806,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.DeliverOutbox,
                     request_deserializer=coda_dot_api_dot_flow__pb2.DeliverOutboxRequest.FromString,
                     response_serializer=coda_dot_api_dot_flow__pb2.DeliverOutboxResponse.SerializeToString,
+            ),
+            'ListShardSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShardSchedules,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.ListShardSchedulesRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ListShardSchedulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -619,6 +898,33 @@ class Peer:
             '/coda.api.v1.Peer/DeliverOutbox',
             coda_dot_api_dot_flow__pb2.DeliverOutboxRequest.SerializeToString,
             coda_dot_api_dot_flow__pb2.DeliverOutboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShardSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Peer/ListShardSchedules',
+            coda_dot_api_dot_flow__pb2.ListShardSchedulesRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ListShardSchedulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

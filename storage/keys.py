@@ -21,7 +21,9 @@ Integers in keys are 8-byte big-endian so that byte order is numeric order.
                     {workflow_id, run_id, key, attempt} (key empty: a workflow task)
     supervisors     supervisor_id -> {build_id, workflow_types, task_types, registered_ms}
     declared_types  b"wf" NUL name / b"task" NUL name -> b"" (every type a supervisor declared)
-    outbox          u64 seq -> entry for another shard (child starts, child results)
+    outbox          u64 seq -> entry for another shard (child starts, child results,
+                    scheduled starts, schedule run reports)
+    schedules       schedule_id -> schedule record (flow.sm_schedules)
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ ASSIGNMENTS = "assignments"
 SUPERVISORS = "supervisors"
 DECLARED_TYPES = "declared_types"
 OUTBOX = "outbox"
+SCHEDULES = "schedules"
 
 ALL_DBS = (META, WORKFLOWS, RUNS, HISTORY, QUEUES, QUEUE_COUNTS, TIMERS, STATE, REQUESTS,
-           REQUESTS_BY_TIME, TASKS, ASSIGNMENTS, SUPERVISORS, DECLARED_TYPES, OUTBOX)
+           REQUESTS_BY_TIME, TASKS, ASSIGNMENTS, SUPERVISORS, DECLARED_TYPES, OUTBOX, SCHEDULES)
 
 META_APPLIED_INDEX = b"applied_index"
 META_SHARD_ID = b"shard_id"
