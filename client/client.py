@@ -27,6 +27,8 @@ from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
 from coda import errors
 from coda.client import sdk
+from coda.client.schedules import (ScheduleHandle, ScheduleMethods, SyncScheduleHandle,
+                                   SyncScheduleMethods)
 from coda.errors import CodaError, Indeterminate, InvalidArgument, WaitTimeout
 from coda.flow import limits, model
 from coda.flow.sharding import shard_for
@@ -255,7 +257,7 @@ class WorkflowHandle:
         return await self.client.workflow_history(self.workflow_id, self.run_id)
 
 
-class Client:
+class Client(ScheduleMethods):
     def __init__(self, address, *, timeout_s: float = 30.0,
                  payload_bytes_max: int = limits.payload_bytes_default,
                  allow_undeclared_types: bool = False):
@@ -488,7 +490,7 @@ class SyncWorkflowHandle:
         return self.client._run(self._handle.history())
 
 
-class SyncClient:
+class SyncClient(SyncScheduleMethods):
     """The same API, blocking: one private event loop per client."""
 
     def __init__(self, address, **kwargs):
@@ -547,4 +549,4 @@ class SyncClient:
 
 
 __all__ = ["Client", "SyncClient", "SyncWorkflowHandle", "WorkflowHandle", "CodaError",
-           "workflow_result"]
+           "workflow_result", "ScheduleHandle", "SyncScheduleHandle"]

@@ -4,7 +4,7 @@ a name is a decision, made here on purpose."""
 import coda
 import coda.context
 
-PUBLIC = {"ChildWorkflowFailedError", "Client", "CodaError", "NonDeterminismError", "RetryPolicy", "SyncClient",
+PUBLIC = {"ChildWorkflowFailedError", "Client", "CodaError", "NonDeterminismError", "RetryPolicy", "ScheduleHandle", "SyncClient",
           "TaskFailedError", "WaitTimeout", "WorkflowCancelledError", "WorkflowError",
           "WorkflowFailedError", "WorkflowHandle", "WorkflowTerminatedError",
           "WorkflowTimedOutError", "context", "errors", "task", "testing", "workflow"}
