@@ -17,6 +17,7 @@ import sys
 import click
 
 from coda.client.client import SyncClient, parse_addresses, workflow_result
+from coda.client.schedules import OVERLAP_POLICIES
 from coda.errors import CodaError
 from coda.flow import model
 from coda.storage import codec
@@ -170,13 +171,7 @@ def workflow_start(ctx: Ctx, workflow_type, workflow_id, args_json, reuse_policy
                    execution_timeout_s, wait, allow_undeclared_type, local_json):
     """Start a workflow; a supervisor that runs its type picks it up."""
     _use_json(ctx, local_json)
-    try:
-        args = json.loads(args_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from None
-    if not isinstance(args, dict):
-        raise click.BadParameter("must be a JSON object of the workflow's keyword arguments, "
-                                 f"got {type(args).__name__}", param_hint="--args")
+    args = _args_object(args_json)
     with ctx.client() as client:
         handle = _run(lambda: client.start_workflow(
             workflow_type, args, workflow_id=workflow_id, reuse_policy=reuse_policy,
@@ -191,6 +186,18 @@ def workflow_start(ctx: Ctx, workflow_type, workflow_id, args_json, reuse_policy
             _echo_started(data)  # now: the run id is worth knowing during a long wait
         data["result"] = plain(_run(lambda: workflow_result(handle.wait_closed())))
     _emit(ctx, data, lambda d: click.echo(_compact(d["result"])))
+
+
+def _args_object(args_json: str) -> dict:
+    """--args: a JSON object of the workflow's keyword arguments, or a usage error."""
+    try:
+        args = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from None
+    if not isinstance(args, dict):
+        raise click.BadParameter("must be a JSON object of the workflow's keyword arguments, "
+                                 f"got {type(args).__name__}", param_hint="--args")
+    return args
 
 
 def _echo_started(data: dict) -> None:
@@ -311,6 +318,326 @@ def workflow_list(ctx: Ctx, statuses, types, page_size, page_token, fetch_all):
             click.echo(f"next page: --page-token {d['next_page_token']}")
 
     _emit(ctx, data, human)
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+class IsoTime(click.ParamType):
+    """An ISO-8601 instant with a UTC offset (a trailing Z too) -> an aware datetime."""
+    name = "ISO8601"
+
+    def convert(self, value, param, click_ctx):
+        if isinstance(value, datetime.datetime):
+            return value
+        text = value.strip()
+        if text[-1:] in ("z", "Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time such as 2024-05-01T02:00:00Z",
+                      param, click_ctx)
+        if moment.tzinfo is None:
+            # Refused rather than guessed: local to the machine running this, or UTC?
+            self.fail(f"{value!r} has no UTC offset: add one such as Z or +02:00",
+                      param, click_ctx)
+        return moment
+
+
+SECONDS = click.FloatRange(min=0)
+POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+class OverlapChoice(click.Choice):
+    """An overlap policy in any case. (Choice(case_sensitive=False) would list the
+    policies in lower case in --help and in its errors.)"""
+
+    def convert(self, value, param, click_ctx):
+        return super().convert(value.upper() if isinstance(value, str) else value, param,
+                               click_ctx)
+
+
+OVERLAP = OverlapChoice(OVERLAP_POLICIES)
+
+_DEFINITION_OPTIONS = (
+    click.option("--workflow", "workflow_type", required=True, metavar="TYPE",
+                 help="The workflow type each action starts."),
+    click.option("--args", "args_json", default="{}", show_default=True,
+                 help="The workflow's arguments as a JSON object."),
+    click.option("--cron", metavar="EXPR", help='When to act: 5 fields (minute hour '
+                 'day-of-month month day-of-week) or a macro such as @hourly, read in '
+                 '--timezone; e.g. "0 2 * * *". Exactly one of --cron and --interval.'),
+    click.option("--interval", "interval_s", type=POSITIVE_SECONDS, metavar="SECONDS",
+                 help="When to act: every SECONDS, aligned to the Unix epoch (plus --offset)."),
+    click.option("--offset", "offset_s", type=SECONDS, metavar="SECONDS",
+                 help="Added to each --interval time; below the interval."),
+    click.option("--timezone", metavar="TZ",
+                 help="IANA zone --cron is read in, e.g. Europe/Paris (default: UTC)."),
+    click.option("--jitter", "jitter_s", type=SECONDS, metavar="SECONDS",
+                 help="Delay each action by a stable pseudo-random amount below SECONDS."),
+    click.option("--start-at", type=IsoTime(), help="No action before this time "
+                 "(ISO-8601 with an offset, e.g. 2024-05-01T02:00:00Z)."),
+    click.option("--end-at", type=IsoTime(), help="No action after this time."),
+    click.option("--overlap", type=OVERLAP, default="SKIP", show_default=True,
+                 help="What an action does while an earlier run still runs."),
+    click.option("--catchup-window", "catchup_window_s", type=POSITIVE_SECONDS,
+                 metavar="SECONDS", help="Times missed (Flow down) by more than this are "
+                 "recorded as missed, not run (default: a year)."),
+    click.option("--pause-on-failure", is_flag=True,
+                 help="Pause the schedule when one of its runs fails or times out."),
+    click.option("--execution-timeout", "execution_timeout_s", type=POSITIVE_SECONDS,
+                 metavar="SECONDS", help="Each run's; past it the run closes TIMED_OUT "
+                 "(default: none)."),
+    click.option("--allow-undeclared-type", is_flag=True, envvar="CODA_ALLOW_UNDECLARED_TYPES",
+                 help="Accept the type even if no supervisor has declared it yet (default: "
+                      "refused, so a typo fails here)."),
+)
+
+
+def _definition_options(command):
+    """The spec, action and policy options of `schedule create` and `schedule update`."""
+    for option in reversed(_DEFINITION_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _definition(options: dict) -> tuple[str, dict, dict]:
+    """The definition options -> (workflow type, args, the SDK's keyword arguments)."""
+    if bool(options["cron"]) == (options["interval_s"] is not None):
+        raise click.UsageError("give exactly one of --cron EXPR and --interval SECONDS")
+    return options["workflow_type"], _args_object(options["args_json"]), dict(
+        cron=options["cron"] or None, interval=options["interval_s"],
+        offset=options["offset_s"], timezone=options["timezone"], jitter=options["jitter_s"],
+        start_at=options["start_at"], end_at=options["end_at"], overlap=options["overlap"],
+        catchup_window=options["catchup_window_s"],
+        pause_on_failure=options["pause_on_failure"],
+        execution_timeout=options["execution_timeout_s"],
+        allow_undeclared_type=options["allow_undeclared_type"])
+
+
+def _iso(ms) -> str:
+    """UTC ISO-8601, milliseconds only when not zero: the form of schedule run ids."""
+    if not ms:
+        return "-"
+    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + \
+        datetime.timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms % 1000:03d}" if ms % 1000 else "") + "Z"
+
+
+def _secs(ms) -> str:
+    if not ms:
+        return "-"
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000}s"
+
+
+def _spec_summary(spec: dict) -> str:
+    if spec["cron"]:
+        return f'cron "{spec["cron"]}" {spec["timezone"]}'
+    offset = f" offset {_secs(spec['offset_ms'])}" if spec["offset_ms"] else ""
+    return f"every {_secs(spec['interval_ms'])}{offset}"
+
+
+def _done(ctx: Ctx, schedule_id: str, text: str) -> None:
+    """A mutating command's confirmation."""
+    _emit(ctx, {"schedule_id": schedule_id, "ok": True}, lambda d: click.echo(text))
+
+
+@main.group()
+def schedule() -> None:
+    """Schedules: start a workflow on a cron expression or every fixed interval. Each
+    run's workflow id is "<schedule id>-<nominal time, UTC ISO>"."""
+
+
+@schedule.command("create")
+@click.argument("schedule_id")
+@_definition_options
+@click.option("--paused", is_flag=True, help="Create it paused (unpause to start acting).")
+@click.option("--note", default="", help="Why (shown by describe; pause/unpause replace it).")
+@click.option("--request-id", help="Idempotency key; repeat it to retry safely.")
+@json_flag
+@click.pass_obj
+def schedule_create(ctx: Ctx, schedule_id, paused, note, request_id, local_json, **options):
+    """Create SCHEDULE_ID; it starts --workflow on --cron or every --interval."""
+    _use_json(ctx, local_json)
+    workflow_type, args, kwargs = _definition(options)
+    with ctx.client() as client:
+        _run(lambda: client.create_schedule(schedule_id, workflow_type, args, paused=paused,
+                                            note=note, request_id=request_id, **kwargs))
+    _done(ctx, schedule_id, f"created schedule {schedule_id}" + (" (paused)" if paused else ""))
+
+
+@schedule.command("update")
+@click.argument("schedule_id")
+@_definition_options
+@json_flag
+@click.pass_obj
+def schedule_update(ctx: Ctx, schedule_id, local_json, **options):
+    """Replace SCHEDULE_ID's whole definition (spec, action and policy), as Temporal's
+    update does: an option left out takes its default, not the schedule's current value.
+    Its state stays (paused and note, running and buffered runs, recent actions); the next
+    time is planned afresh from now."""
+    _use_json(ctx, local_json)
+    workflow_type, args, kwargs = _definition(options)
+    with ctx.client() as client:
+        handle = client.get_schedule_handle(schedule_id)
+        _run(lambda: handle.update(workflow_type, args, **kwargs))
+    _done(ctx, schedule_id, f"updated schedule {schedule_id}")
+
+
+@schedule.command("describe")
+@click.argument("schedule_id")
+@json_flag
+@click.pass_obj
+def schedule_describe(ctx: Ctx, schedule_id, local_json):
+    """A schedule's definition, state, next action times (UTC) and recent actions."""
+    _use_json(ctx, local_json)
+    with ctx.client() as client:
+        info = _run(lambda: client.get_schedule_handle(schedule_id).describe())
+    _emit(ctx, plain(info), _echo_schedule)
+
+
+def _echo_schedule(s: dict) -> None:
+    spec, action, policy, counts = s["spec"], s["action"], s["policy"], s["counts"]
+    rows = [
+        ("schedule_id", s["schedule_id"]), ("workflow_type", action["workflow_type"]),
+        ("args", _compact(action["args"] if action["args"] is not None else {})),
+        ("spec", _spec_summary(spec)), ("timezone", spec["timezone"]),
+        ("jitter", _secs(spec["jitter_ms"])), ("start_at", _iso(spec["start_time_ms"])),
+        ("end_at", _iso(spec["end_time_ms"])), ("overlap", policy["overlap"]),
+        ("catchup_window", _secs(policy["catchup_window_ms"])),
+        ("pause_on_failure", "yes" if policy["pause_on_failure"] else "no"),
+        ("execution_timeout", _secs(action["execution_timeout_ms"])),
+        ("paused", "yes" if s["paused"] else "no"), ("note", s["note"] or "-"),
+        ("counts", f"started {counts['started']}, skipped {counts['skipped']}, "
+                   f"missed {counts['missed']}"),
+        ("created", _iso(s["created_ms"])), ("updated", _iso(s["updated_ms"])),
+        ("shard", s["shard"]),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:17s} {value}")
+    _echo_rows("next", [_iso(t) for t in s["next_action_times_ms"]])
+    _echo_rows("running", [f"{r['workflow_id']}  nominal {_iso(r['nominal_time_ms'])}"
+                           + (f"  closing ({r['closing']})" if r["closing"] else "")
+                           for r in s["running"]])
+    _echo_rows("buffered", [_iso(t) for t in s["buffered_times_ms"]])
+    _echo_rows("recent", [_recent_row(a) for a in s["recent"]])
+
+
+def _echo_rows(key: str, rows: list[str]) -> None:
+    """`key  first row`, the others under it; `key  -` when there are none."""
+    for i, row in enumerate(rows or ["-"]):
+        click.echo(f"{key if i == 0 else '':17s} {row}")
+
+
+def _recent_row(a: dict) -> str:
+    row = (f"{a['action']:8s} {_iso(a['nominal_time_ms'])}  {a['workflow_id'] or '-'}  "
+           f"{a['status'] or '-'}  ({a['source'] or '-'})")
+    return row + (f"  {a['detail']}" if a["detail"] else "")
+
+
+@schedule.command("list")
+@click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--page-token", default="", help="Continue from a previous page.")
+@click.option("--all", "fetch_all", is_flag=True, help="Follow page tokens to the end.")
+@json_flag
+@click.pass_obj
+def schedule_list(ctx: Ctx, page_size, page_token, fetch_all, local_json):
+    """Schedules across all shards, ordered by id."""
+    _use_json(ctx, local_json)
+    items: list[dict] = []
+    token = page_token.encode()
+    with ctx.client() as client:
+        while True:
+            page, token = _run(lambda: client.list_schedules(page_size=page_size,
+                                                             page_token=token))
+            items += page
+            if not (fetch_all and token):
+                break
+    data = {"schedules": plain(items), "next_page_token": token.decode() or None}
+
+    def human(d):
+        for s in d["schedules"]:
+            upcoming = s["next_action_times_ms"]
+            click.echo(f"{s['schedule_id']:30s} {s['action']['workflow_type']:20s} "
+                       f"{_spec_summary(s['spec']):30s} "
+                       f"{'paused' if s['paused'] else 'active':6s} "
+                       f"next {_iso(upcoming[0]) if upcoming else '-'}")
+        if d["next_page_token"]:
+            click.echo(f"next page: --page-token {d['next_page_token']}")
+
+    _emit(ctx, data, human)
+
+
+def _note_command(name: str, doc: str, done: str):
+    """`coda schedule pause|unpause ID [--note]`: the same flags, one handle call."""
+    @schedule.command(name, help=doc)
+    @click.argument("schedule_id")
+    @click.option("--note", default="", help="Why; shown by describe.")
+    @json_flag
+    @click.pass_obj
+    def command(ctx: Ctx, schedule_id, note, local_json):
+        _use_json(ctx, local_json)
+        with ctx.client() as client:
+            _run(lambda: getattr(client.get_schedule_handle(schedule_id), name)(note))
+        _done(ctx, schedule_id, done.format(schedule_id=schedule_id))
+    return command
+
+
+schedule_pause = _note_command(
+    "pause", "Stop acting until unpaused (running runs go on).", "paused {schedule_id}")
+schedule_unpause = _note_command(
+    "unpause", "Act again from now on; times that passed while paused are not caught up.",
+    "unpaused {schedule_id}")
+
+
+@schedule.command("trigger")
+@click.argument("schedule_id")
+@click.option("--overlap", type=OVERLAP, default=None,
+              help="Overlap policy for this action (default: the schedule's).")
+@json_flag
+@click.pass_obj
+def schedule_trigger(ctx: Ctx, schedule_id, overlap, local_json):
+    """Act now (nominal time: now), paused or not."""
+    _use_json(ctx, local_json)
+    with ctx.client() as client:
+        _run(lambda: client.get_schedule_handle(schedule_id).trigger(overlap=overlap))
+    _done(ctx, schedule_id, f"triggered {schedule_id} (describe shows what it did)")
+
+
+@schedule.command("backfill")
+@click.argument("schedule_id")
+@click.option("--start", "start_at", type=IsoTime(), required=True,
+              help="First time of the range (ISO-8601 with an offset, e.g. 2024-05-01T00:00Z).")
+@click.option("--end", "end_at", type=IsoTime(), required=True,
+              help="Last time of the range (included).")
+@click.option("--overlap", type=OVERLAP, default=None,
+              help="Overlap policy for these actions (default: the schedule's).")
+@json_flag
+@click.pass_obj
+def schedule_backfill(ctx: Ctx, schedule_id, start_at, end_at, overlap, local_json):
+    """Act now on every nominal time of the schedule in [--start, --end] (the catch-up
+    window does not apply). With the default SKIP, only the first starts while it runs:
+    pass --overlap ALLOW_ALL (or BUFFER_ALL) to run them all."""
+    _use_json(ctx, local_json)
+    if end_at < start_at:
+        raise click.BadParameter(f"{_iso(int(end_at.timestamp() * 1000))} is before --start",
+                                 param_hint="--end")
+    with ctx.client() as client:
+        _run(lambda: client.get_schedule_handle(schedule_id).backfill(start_at, end_at,
+                                                                      overlap=overlap))
+    _done(ctx, schedule_id, f"backfilled {schedule_id} (describe shows what it did)")
+
+
+@schedule.command("delete")
+@click.argument("schedule_id")
+@json_flag
+@click.pass_obj
+def schedule_delete(ctx: Ctx, schedule_id, local_json):
+    """Delete a schedule; runs it started run on."""
+    _use_json(ctx, local_json)
+    with ctx.client() as client:
+        _run(lambda: client.get_schedule_handle(schedule_id).delete())
+    _done(ctx, schedule_id, f"deleted schedule {schedule_id}")
 
 
 @main.group()

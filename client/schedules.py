@@ -23,6 +23,8 @@ from coda.api import flow_pb2 as pb
 from coda.errors import InvalidArgument
 from coda.storage import codec
 
+DURATION_S_MAX = 100 * 365 * 24 * 3600    # Flow bounds each field further, by name
+INSTANT_S_MAX = 253402300799               # 9999-12-31T23:59:59Z
 OVERLAP_POLICIES = ("SKIP", "BUFFER_ONE", "BUFFER_ALL", "CANCEL_OTHER", "TERMINATE_OTHER",
                     "ALLOW_ALL")
 
@@ -34,9 +36,10 @@ def duration_ms(value, field: str, *, allow_zero: bool = True) -> int:
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
     if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)):
-        raise InvalidArgument(f"{field} must be a non-negative number of seconds or a "
-                              f"timedelta, got {value!r}", field=field)
+            or not math.isfinite(value) or not 0 <= value <= DURATION_S_MAX
+            or (value == 0 and not allow_zero)):
+        raise InvalidArgument(f"{field} must be a number of seconds from 0 to "
+                              f"{DURATION_S_MAX} or a timedelta, got {value!r}", field=field)
     return int(round(value * 1000))
 
 
@@ -50,10 +53,10 @@ def instant_ms(value, field: str) -> int:
                                   "ambiguous)", field=field)
         return int(round(value.timestamp() * 1000))
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-            and value >= 0:
+            and 0 <= value <= INSTANT_S_MAX:
         return int(round(value * 1000))
-    raise InvalidArgument(f"{field} must be an aware datetime or Unix seconds, got {value!r}",
-                          field=field)
+    raise InvalidArgument(f"{field} must be an aware datetime or Unix seconds up to year "
+                          f"9999, got {value!r}", field=field)
 
 
 def overlap_name(value, field: str = "overlap") -> str:
@@ -230,8 +233,11 @@ class SyncScheduleHandle:
         self.schedule_id = handle.schedule_id
 
     def __getattr__(self, name):
-        method = getattr(self._handle, name)
-        if not callable(method) or name.startswith("_"):
+        handle = self.__dict__.get("_handle")  # not self._handle: no recursion before init
+        if handle is None or name.startswith("_"):
+            raise AttributeError(name)
+        method = getattr(handle, name)
+        if not callable(method):
             raise AttributeError(name)
         return lambda *args, **kwargs: self.client._run(method(*args, **kwargs))
 

@@ -14,7 +14,6 @@ The unreachable-address test bounds the CLI with `--timeout 3`.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -26,51 +25,23 @@ import uuid
 import pytest
 
 from coda.flow import model
+from cli_helpers import CLI_TIMEOUT_S, _env, as_json, coda, failed, nodes_survive, ok, uid
 from harness import Cluster, free_port_block, start_many
 
 pytestmark = pytest.mark.cluster
 
 SHARDS = 2
-CLI_TIMEOUT_S = 90.0
 UNREACHABLE_BOUND_S = 15.0  # --timeout 3 plus interpreter start-up on a loaded machine
 
 
-def _env(address: str | None, allow_undeclared: bool = True) -> dict:
-    env = dict(os.environ)
-    env.pop("CODA_ADDRESS", None)
-    # No supervisor runs here: workflows are started to be stored and shown, not run.
-    env["CODA_ALLOW_UNDECLARED_TYPES"] = "1" if allow_undeclared else ""
-    if address is not None:
-        env["CODA_ADDRESS"] = address
-    return env
 
 
-def coda(*args: str, address: str | None = None,
-         allow_undeclared: bool = True) -> subprocess.CompletedProcess:
-    """Run `coda ARGS` with CODA_ADDRESS=address (unset if None)."""
-    return subprocess.run([sys.executable, "-m", "coda.client.cli", *args],
-                          env=_env(address, allow_undeclared),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT_S)
 
 
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result.stdout
 
 
-def failed(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    """The command exited with `code`, nothing on stdout, and stderr names every word."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stdout == "", result.stdout
-    for word in words:
-        assert word in result.stderr, (word, result.stderr)
-    return result.stderr
 
 
-def as_json(result: subprocess.CompletedProcess):
-    return json.loads(ok(result))
 
 
 def human_fields(text: str) -> dict[str, str]:
@@ -98,15 +69,10 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def nodes_survive(request):
-    """After each test that used the cluster: every node still runs."""
-    yield
-    if "cluster" in request.fixturenames:
-        request.getfixturevalue("cluster").assert_alive()
+def _nodes_survive(request):
+    yield from nodes_survive(request)
 
 
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 # --- workflow start ------------------------------------------------------------------------
