@@ -46,7 +46,9 @@ def apply(txn: Txn, data) -> dict:
         if effects:  # for the leader to act on after the commit (flow.dispatcher)
             result["effects"] = effects
         if request_id is not None:
-            _remember_request(txn, request_id, time_ms, result)
+            # The answer, not the effects: a retry answered from this table must not make
+            # the leader act again (wake waiters, stop tasks) on what the first one did.
+            _remember_request(txn, request_id, time_ms, {"ok": result["ok"]})
         return result
     except CodaError as exc:
         return {"error": exc.to_wire()}
