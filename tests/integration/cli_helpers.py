@@ -53,6 +53,18 @@ def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def module_cluster(tmp_path_factory, name: str, shards: int):
+    """A module-scoped fixture's body: one real three-node cluster for the module."""
+    from harness import Cluster
+    cluster = Cluster(str(tmp_path_factory.mktemp(name)), shards=shards)
+    try:
+        cluster.start()
+        cluster.wait_leaders(timeout_s=60)
+        yield cluster
+    finally:
+        cluster.close()
+
+
 def nodes_survive(request):
     """After each test that used the cluster: every node still runs (an autouse fixture's
     body; each test module wraps it)."""

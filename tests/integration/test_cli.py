@@ -25,23 +25,14 @@ import uuid
 import pytest
 
 from coda.flow import model
-from cli_helpers import CLI_TIMEOUT_S, _env, as_json, coda, failed, nodes_survive, ok, uid
-from harness import Cluster, free_port_block, start_many
+from cli_helpers import (CLI_TIMEOUT_S, _env, as_json, coda, failed, module_cluster,
+                         nodes_survive, ok, uid)
+from harness import free_port_block, start_many
 
 pytestmark = pytest.mark.cluster
 
 SHARDS = 2
 UNREACHABLE_BOUND_S = 15.0  # --timeout 3 plus interpreter start-up on a loaded machine
-
-
-
-
-
-
-
-
-
-
 
 
 def human_fields(text: str) -> dict[str, str]:
@@ -59,20 +50,12 @@ def dead_address() -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(str(tmp_path_factory.mktemp("cli")), shards=SHARDS)
-    try:
-        c.start()
-        c.wait_leaders(timeout_s=60)
-        yield c
-    finally:
-        c.close()
+    yield from module_cluster(tmp_path_factory, "cli", SHARDS)
 
 
 @pytest.fixture(autouse=True)
 def _nodes_survive(request):
     yield from nodes_survive(request)
-
-
 
 
 # --- workflow start ------------------------------------------------------------------------

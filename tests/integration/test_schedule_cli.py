@@ -23,23 +23,12 @@ import zoneinfo
 
 import pytest
 
-from cli_helpers import as_json, coda, failed, nodes_survive, ok, uid
-from harness import Cluster
+from cli_helpers import as_json, coda, failed, module_cluster, nodes_survive, ok, uid
 
 pytestmark = pytest.mark.cluster
 
 SHARDS = 2
 UTC = datetime.timezone.utc
-
-
-
-
-
-
-
-
-
-
 
 
 def human_sections(text: str) -> dict[str, list[str]]:
@@ -61,17 +50,9 @@ def iso(ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms % 1000:03d}" if ms % 1000 else "") + "Z"
 
 
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(str(tmp_path_factory.mktemp("schedule-cli")), shards=SHARDS)
-    try:
-        c.start()
-        c.wait_leaders(timeout_s=60)
-        yield c
-    finally:
-        c.close()
+    yield from module_cluster(tmp_path_factory, "schedule-cli", SHARDS)
 
 
 @pytest.fixture(autouse=True)
