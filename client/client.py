@@ -27,10 +27,12 @@ from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
 from coda import errors
 from coda.client import sdk
+from coda.client.broadcasts import Broadcasts, SyncBroadcasts
+from coda.client.runtime_state import MISSING
 from coda.client.schedules import (ScheduleHandle, ScheduleMethods, SyncScheduleHandle,
                                    SyncScheduleMethods)
 from coda.errors import CodaError, Indeterminate, InvalidArgument, WaitTimeout
-from coda.flow import limits, model
+from coda.flow import limits, model, validate
 from coda.flow.sharding import shard_for
 from coda.flow.wire import error_from_rpc
 from coda.storage import codec
@@ -256,6 +258,18 @@ class WorkflowHandle:
     async def history(self) -> list[dict]:
         return await self.client.workflow_history(self.workflow_id, self.run_id)
 
+    async def signal(self, name: str, payload=None, *, request_id: str | None = None) -> str:
+        """Send a signal to this run (the workflow takes it with coda.context.wait_signal);
+        delivered once, also when the call is retried. Its run id."""
+        return await self.client.signal_workflow(self.workflow_id, name, payload,
+                                                 run_id=self.run_id, request_id=request_id)
+
+    async def get_state(self, key: str, default=MISSING):
+        """The run's state value under `key` (coda.context.set_state), as of the last
+        committed workflow task: linearizable. NotFound if unset, unless `default`."""
+        return await self.client.get_workflow_state(self.workflow_id, key, run_id=self.run_id,
+                                                    default=default)
+
 
 class Client(ScheduleMethods):
     def __init__(self, address, *, timeout_s: float = 30.0,
@@ -273,6 +287,7 @@ class Client(ScheduleMethods):
         # Only a hint: any node still accepts any request.
         self._shard_leaders: list[str | None] | None = None
         self._shard_map_due_s = 0.0
+        self.broadcast = Broadcasts(self)
 
     async def __aenter__(self):
         return self
@@ -404,6 +419,48 @@ class Client(ScheduleMethods):
             workflow_id=workflow_id)
         return answer.run_id
 
+    async def signal_workflow(self, workflow_id: str, name: str, payload=None, *,
+                              run_id: str | None = None, request_id: str | None = None) -> str:
+        """Signal the run (default: the current one); answers its run id. NotFound if
+        the workflow is unknown or that run is not running."""
+        validate.workflow_id(workflow_id)
+        name = validate.identifier(name, "signal name", limits.signal_name_bytes_max)
+        data = codec.encode_payload(payload, what=f"payload of signal {name!r}",
+                                    limit_bytes=self.payload_bytes_max)
+        answer = await self._call("SignalWorkflow", pb.SignalWorkflowRequest(
+            workflow_id=workflow_id, run_id=run_id or "", name=name, payload=data,
+            request_id=request_id or uuid.uuid4().hex), retry_indeterminate=True,
+            workflow_id=workflow_id)
+        return answer.run_id
+
+    async def get_workflow_state(self, workflow_id: str, key: str, *,
+                                 run_id: str | None = None, default=MISSING):
+        validate.workflow_id(workflow_id)
+        key = validate.identifier(key, "state key", limits.state_key_bytes_max)
+        try:
+            answer = await self._call("GetWorkflowState", pb.GetWorkflowStateRequest(
+                workflow_id=workflow_id, run_id=run_id or "", key=key),
+                retry_indeterminate=True, workflow_id=workflow_id)
+        except errors.NotFound as exc:
+            if default is MISSING or "key" not in exc.details:
+                raise  # an unknown workflow or run is an error even with a default
+            return default
+        return codec.decode_payload(answer.value, what=f"state {key!r} of {workflow_id!r}")
+
+    async def open_broadcast_watch(self, shard: int, known: dict[str, int]):
+        """A WatchBroadcasts stream on the shard's leader, as the shard map has it
+        (supervisors' caches use it). The caller iterates it and reopens on any error."""
+        leader = await self._leader_for_shard(shard)
+        address = leader or self.addresses[self._preferred]
+        return self._stub(address).WatchBroadcasts(pb.WatchBroadcastsRequest(
+            shard=shard, known=[pb.BroadcastKnown(name=n, version=v) for n, v in known.items()]))
+
+    async def _leader_for_shard(self, shard: int) -> str | None:
+        self._shard_map_due_s = 0.0
+        await self._leader_for("")
+        leaders = self._shard_leaders
+        return leaders[shard] if leaders and shard < len(leaders) else None
+
     async def workflow_history(self, workflow_id: str, run_id: str | None = None, *,
                                page_size: int = 0) -> list[dict]:
         """Every event of the run (default: the current one), in order: msgpack maps
@@ -489,6 +546,12 @@ class SyncWorkflowHandle:
     def history(self) -> list[dict]:
         return self.client._run(self._handle.history())
 
+    def signal(self, name: str, payload=None, **kwargs) -> str:
+        return self.client._run(self._handle.signal(name, payload, **kwargs))
+
+    def get_state(self, key: str, default=MISSING):
+        return self.client._run(self._handle.get_state(key, default))
+
 
 class SyncClient(SyncScheduleMethods):
     """The same API, blocking: one private event loop per client."""
@@ -496,6 +559,7 @@ class SyncClient(SyncScheduleMethods):
     def __init__(self, address, **kwargs):
         self._client = Client(address, **kwargs)  # first: a bad address leaks no event loop
         self._loop = asyncio.new_event_loop()
+        self.broadcast = SyncBroadcasts(self, self._client.broadcast)
 
     def __enter__(self):
         return self
@@ -531,6 +595,12 @@ class SyncClient(SyncScheduleMethods):
 
     def workflow_history(self, *args, **kwargs) -> list[dict]:
         return self._run(self._client.workflow_history(*args, **kwargs))
+
+    def signal_workflow(self, *args, **kwargs) -> str:
+        return self._run(self._client.signal_workflow(*args, **kwargs))
+
+    def get_workflow_state(self, *args, **kwargs):
+        return self._run(self._client.get_workflow_state(*args, **kwargs))
 
     def list_workflows(self, **kwargs):
         return self._run(self._client.list_workflows(**kwargs))

@@ -12,12 +12,16 @@ import datetime
 import uuid
 
 from coda.client import sdk, task_context
-from coda.client.workflow_runtime import CodaFuture, all_of, current_run, deadline
+from coda.client.runtime_state import MISSING, check_read_default, state_key
+from coda.client.workflow_runtime import (CodaFuture, _current, all_of, current_run,
+                                          deadline)
 from coda.errors import InvalidArgument
 from coda.flow import limits, validate
 
-__all__ = ["spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all", "gather", "now", "random", "uuid4", "workflow_id",
-           "heartbeat", "idempotency_key", "task_info"]
+__all__ = ["spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all",
+           "gather", "now", "random", "uuid4", "workflow_id", "heartbeat", "idempotency_key",
+           "task_info", "set_state", "get_state", "get_broadcast", "wait_signal",
+           "signal_workflow"]
 
 
 def spawn_task(fn_or_name, args: dict | None = None, *, cache_key=None) -> CodaFuture:
@@ -146,3 +150,72 @@ def task_info() -> task_context.TaskInfo:
     if info is None:
         raise InvalidArgument(f"coda.context.task_info() {task_context.OUTSIDE_TASK_HINT}")
     return info
+
+
+# --- state, broadcast variables, signals (docs/state-and-signals.md) ----------------------
+
+def set_state(key: str, value) -> None:
+    """Publish a value under `key` (str, <= 64 bytes): clients read it with
+    `handle.get_state(key)`, other workflows with `get_state(key, workflow_id=...)`. It
+    becomes visible when the current workflow task commits, and is recorded in history."""
+    current_run().set_state(key, value)
+
+
+def get_state(key: str, *, workflow_id: str | None = None, default=MISSING) -> CodaFuture:
+    """`await get_state(key)`: this run's own value; with `workflow_id`, the current run
+    of another workflow, read through Flow (linearizable at the time of the read) and
+    recorded in history so a replay returns the same. A missing key or workflow raises
+    NotFound unless `default` is given."""
+    run = current_run()
+    check_read_default(default)
+    key = state_key(key)
+    if workflow_id is None or workflow_id == run.info.workflow_id:
+        future = CodaFuture(f"state {key!r}")
+        try:
+            future.set_result(run.own_state(key, default))
+        except Exception as exc:
+            future.set_error(exc)
+        return future
+    return run.read("state", {"workflow_id": validate.workflow_id(workflow_id), "key": key},
+                    default)
+
+
+def get_broadcast(name: str, *, default=MISSING):
+    """The value of a broadcast variable.
+
+    In a workflow: `await get_broadcast(name)`, served from the supervisor's cache (kept
+    fresh by a watch on Flow) and recorded in history (version, and the value when it is
+    new to this run), so a replay returns what this run saw; a run never sees an older
+    version than it saw before. In an async task: `await get_broadcast(name)` (the latest
+    version the supervisor has). In a sync task it blocks and returns the value.
+    A name never set (or deleted) raises NotFound unless `default` is given."""
+    check_read_default(default)
+    name = validate.identifier(name, "broadcast name", limits.broadcast_name_bytes_max)
+    if _current.get(None) is not None:
+        return current_run().read("broadcast", {"name": name}, default)
+    return task_context.get_broadcast(name, default)
+
+
+def wait_signal(name: str, timeout: float | None = None) -> CodaFuture:
+    """`payload = await wait_signal(name)`: the oldest signal of that name not yet taken
+    (signals sent before the wait are buffered, in order). With `timeout` (seconds, a
+    durable timer): TimeoutError if none came; a later signal stays buffered."""
+    name = validate.identifier(name, "signal name", limits.signal_name_bytes_max)
+    run = current_run()
+    waiter = run.wait_signal(name)
+    if timeout is None:
+        return waiter
+    if (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+            or not 0 <= timeout <= SLEEP_S_MAX):
+        raise InvalidArgument(f"wait_signal takes a timeout of 0..{SLEEP_S_MAX} seconds, got "
+                              f"{timeout!r}", field="timeout")
+    return deadline(waiter, timeout)
+
+
+def signal_workflow(workflow_id: str, name: str, payload=None) -> CodaFuture:
+    """Send a signal to another workflow's current run; await it to know it was
+    delivered (NotFound if that workflow is unknown or not running). Sent once, however
+    often this workflow replays."""
+    validate.workflow_id(workflow_id)
+    name = validate.identifier(name, "signal name", limits.signal_name_bytes_max)
+    return current_run().signal_workflow(workflow_id, name, payload)

@@ -128,3 +128,43 @@ def heartbeat(details=None) -> None:
 def idempotency_key() -> str:
     """The running task's idempotency key: stable across its attempts and replays."""
     return _scope("idempotency_key").info.idempotency_key
+
+
+# --- broadcast variables in tasks ---------------------------------------------------------
+# Set by the worker: an object with `lookup(name, min_version) -> answer | None` (its
+# cache, loop thread only) and `async fetch(name, min_version) -> answer` (asks the
+# supervisor), where an answer is {"found", "version", "value": msgpack bytes}.
+_broadcast_reader = None
+BROADCAST_SYNC_WAIT_S = 30.0
+
+
+def set_broadcast_reader(reader) -> None:
+    global _broadcast_reader
+    _broadcast_reader = reader
+
+
+def broadcast_value(name: str, answer: dict, default):
+    from coda.client.runtime_state import MISSING
+    from coda.errors import NotFound
+    if answer.get("found"):
+        return codec.unpack(answer["value"])
+    if default is not MISSING:
+        return default
+    raise NotFound(f"broadcast variable {name!r} is not set", name=name)
+
+
+def get_broadcast(name: str, default):
+    """An awaitable in an async task; the value itself in a sync task (blocking)."""
+    scope = _current.get(None)
+    reader = _broadcast_reader
+    if scope is None or reader is None:
+        raise InvalidArgument(f"coda.context.get_broadcast() is only usable inside a workflow "
+                              f"or a task running on a worker")
+    if threading.get_ident() == scope._loop_thread:
+        async def read():
+            return broadcast_value(name, await reader.fetch(name, 0), default)
+        return read()
+    import asyncio
+    answer = asyncio.run_coroutine_threadsafe(reader.fetch(name, 0), scope._loop).result(
+        BROADCAST_SYNC_WAIT_S)
+    return broadcast_value(name, answer, default)

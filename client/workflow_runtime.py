@@ -40,6 +40,7 @@ import random as _random
 import uuid as _uuid
 from dataclasses import dataclass
 
+from coda.client.runtime_state import SIGNAL_PREFIX, StateAndSignals, state_key  # noqa: F401
 from coda.errors import CodaError, InvalidArgument, PayloadError
 from coda.flow import limits
 from coda.storage import codec
@@ -142,6 +143,9 @@ class _AllOf(_Composite):
         self.parts = parts
 
     def refresh(self) -> None:
+        for part in self.parts:
+            if isinstance(part, _Composite) and not part.done():
+                part.refresh()
         failed = [p for p in self.parts if p.done() and p._error is not None]
         if failed:
             self.set_error(failed[0]._error, failed[0].time_ms)
@@ -172,13 +176,28 @@ class _Deadline(_Composite):
                                         f"{self.timeout_s} s"), self.timer.time_ms)
 
 
+class _SignalWait(_Composite):
+    """`wait_signal`: takes the oldest buffered signal of its name, only while awaited
+    (directly or through wait_for / await_all), so a timed-out wait consumes nothing."""
+
+    def __init__(self, run: "WorkflowRun", name: str):
+        super().__init__(f"signal {name!r}")
+        self.run, self.name = run, name
+
+    def refresh(self) -> None:
+        if not self._done:
+            taken = self.run.take_signal(self.name)
+            if taken is not None:
+                self.set_result(taken[0], taken[1])
+
+
 def _observe(time_ms: int) -> None:
     run = _current.get(None)
     if run is not None:
         run.now_ms = max(run.now_ms, time_ms)
 
 
-class WorkflowRun:
+class WorkflowRun(StateAndSignals):
     def __init__(self, definition, args: dict, info: RunInfo):
         self.definition = definition
         self.info = info
@@ -204,6 +223,7 @@ class WorkflowRun:
         self.events_fed = 0
         self.last_event_id = 0
         self.finished = False
+        self._init_state_and_signals()
 
     # --- driving ---------------------------------------------------------------------------
     def advance(self, events: list[dict]) -> list[dict]:
@@ -225,6 +245,10 @@ class WorkflowRun:
                     self._scheduled.append((event["key"], CHILD_PREFIX + event["workflow_type"]))
                 elif kind == "TimerStarted":
                     self._scheduled.append((event["key"], TIMER_NAME))
+                elif kind == "SignalExternalScheduled":
+                    self._scheduled.append((event["key"], SIGNAL_PREFIX + event["name"]))
+                else:
+                    self._scan_recorded(event)
             for event in events:
                 self.events_fed += 1
                 self.last_event_id = max(self.last_event_id, int(event.get("event_id") or 0))
@@ -279,6 +303,12 @@ class WorkflowRun:
                     f"{failure.get('type', 'Error')}: {failure.get('message', '')}",
                     status=event.get("status"), error_type=failure.get("type", ""),
                     workflow_id=event.get("workflow_id")), time_ms)
+        elif kind == "SignalReceived":
+            self._absorb_signal(event)
+        elif kind == "SignalExternalSent":
+            self._results[event["key"]] = (True, None, time_ms)
+        elif kind == "SignalExternalFailed":
+            self._results[event["key"]] = (False, self.signal_failure(event), time_ms)
         elif kind == "WorkflowCancelRequested" and self._cancel_reason is None:
             self._cancel_reason = str(event.get("reason") or "cancelled")
             self.now_ms = max(self.now_ms, time_ms)
@@ -441,6 +471,12 @@ class WorkflowRun:
                     history=[recorded_task, recorded_key], replay=[task_name, key])
                 raise self._violation
 
+    def _settle_known(self, future: CodaFuture, outcome: tuple) -> None:
+        _settle(future, outcome)
+
+    def wait_signal(self, name: str) -> CodaFuture:
+        return _SignalWait(self, name)
+
     def idempotency_key(self, key: str) -> str:
         """Stable across retries and replays of this workflow: hand it to external services."""
         return f"{self.info.workflow_id}/{key}"
@@ -456,7 +492,8 @@ class WorkflowRun:
 
 
 REVEALED_EVENTS = frozenset({"TaskCompleted", "TaskFailed", "WorkflowCancelRequested",
-                             "ChildWorkflowClosed", "TimerFired"})
+                             "ChildWorkflowClosed", "TimerFired", "SignalReceived",
+                             "SignalExternalSent", "SignalExternalFailed"})
 # How a durable timer appears among a run's spawns.
 TIMER_NAME = "timer"
 # How a child workflow appears among a run's spawns (beside task names).

@@ -6,6 +6,7 @@
     ├── ConfigError                a server configuration that fails validation
     ├── NotFound                   unknown workflow id, run id, shard ...
     ├── AlreadyExists              e.g. a workflow id whose reuse policy forbids a new run
+    ├── Aborted                    a conditional write found another version (if_version)
     ├── ResourceExhausted          a limit was hit (payload bytes, proposals in flight, ...)
     ├── NotLeader                  this replica does not lead the shard; .leader_hint
     ├── Unavailable                no leader, no quorum, node unreachable
@@ -33,6 +34,7 @@ from __future__ import annotations
 CODE_INVALID_ARGUMENT = "INVALID_ARGUMENT"
 CODE_NOT_FOUND = "NOT_FOUND"
 CODE_ALREADY_EXISTS = "ALREADY_EXISTS"
+CODE_ABORTED = "ABORTED"
 CODE_RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 CODE_NOT_LEADER = "NOT_LEADER"
 CODE_UNAVAILABLE = "UNAVAILABLE"
@@ -78,6 +80,11 @@ class AlreadyExists(CodaError):
     code = CODE_ALREADY_EXISTS
 
 
+class Aborted(CodaError):
+    """A conditional write (if_version) found another version: nothing changed."""
+    code = CODE_ABORTED
+
+
 class ResourceExhausted(CodaError):
     code = CODE_RESOURCE_EXHAUSTED
     retryable = True
@@ -110,7 +117,7 @@ class Internal(CodaError):
 
 _BY_CODE = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, ResourceExhausted, NotLeader,
+    for cls in (InvalidArgument, NotFound, AlreadyExists, Aborted, ResourceExhausted, NotLeader,
                 Unavailable, Indeterminate, Internal, ConfigError)
 }
 

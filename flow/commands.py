@@ -33,10 +33,12 @@ UPDATE_SCHEDULE = "update_schedule"
 DELETE_SCHEDULE = "delete_schedule"
 PATCH_SCHEDULE = "patch_schedule"          # pause, unpause, trigger, backfill
 SCHEDULE_RUN_CLOSED = "schedule_run_closed"
+SIGNAL_WORKFLOW = "signal_workflow"
+SET_BROADCAST = "set_broadcast"        # a value, or None: delete
 SCHEDULE_KINDS = (CREATE_SCHEDULE, UPDATE_SCHEDULE, DELETE_SCHEDULE, PATCH_SCHEDULE)
 KINDS = (START_WORKFLOW, BARRIER, CANCEL_WORKFLOW, TERMINATE_WORKFLOW, REGISTER_SUPERVISOR,
          EXPIRE_SUPERVISOR, ASSIGN, COMPLETE, TASK_HEARTBEAT, FIRE_TIMERS, CHILD_CLOSED,
-         OUTBOX_DONE, *SCHEDULE_KINDS, SCHEDULE_RUN_CLOSED)
+         OUTBOX_DONE, *SCHEDULE_KINDS, SCHEDULE_RUN_CLOSED, SIGNAL_WORKFLOW, SET_BROADCAST)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,23 @@ def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_
         body["schedule"] = schedule
         body["retry_deadline_ms"] = retry_deadline_ms
     return encode(START_WORKFLOW, body)
+
+
+def signal_workflow(*, request_id: str, time_ms: int, workflow_id: str, run_id: str | None,
+                    name: str, payload: bytes, sender: dict | None = None) -> bytes:
+    """`sender` {workflow_id, run_id}: the workflow that sent it (through the outbox)."""
+    body = {"request_id": request_id, "time_ms": time_ms, "workflow_id": workflow_id,
+            "run_id": run_id, "name": name, "payload": payload}
+    if sender is not None:
+        body["sender"] = sender
+    return encode(SIGNAL_WORKFLOW, body)
+
+
+def set_broadcast(*, request_id: str, time_ms: int, name: str, value: bytes | None,
+                  if_version: int | None = None) -> bytes:
+    """`if_version`: only if the current version is this one (0: the name has none)."""
+    return encode(SET_BROADCAST, {"request_id": request_id, "time_ms": time_ms, "name": name,
+                                  "value": value, "if_version": if_version})
 
 
 def schedule_command(kind: str, *, request_id: str, time_ms: int, body: dict) -> bytes:

@@ -13,7 +13,8 @@ assignment or a timer firing that apply then finds stale and skips).
   lease is expired by `expire_supervisor`. A new leader gives every supervisor that holds
   assignments one full lease of grace, since it cannot know when it was last heard from.
 - Effects of committed commands: closed workflows wake `WaitWorkflow` long polls; tasks
-  to stop are sent to their supervisor's session.
+  to stop are sent to their supervisor's session; new broadcast versions go to the
+  shard's WatchBroadcasts streams (flow.broadcast_watch).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from coda.api import flow_pb2 as pb
 from coda.errors import CodaError, ResourceExhausted
 from coda.flow import commands, limits, metrics
+from coda.flow.broadcast_watch import BroadcastWatchers
 from coda.flow.replica import ShardReplica
 from coda.storage import codec, keys
 
@@ -92,6 +94,7 @@ class ShardDispatcher:
         self._waiting = 0
         self._rotation = itertools.count()
         self._tasks: list[asyncio.Task] = []
+        self.broadcast_watchers = BroadcastWatchers(self.shard)
         replica.effects_listener = self.on_effects
         replica.commit_listener = self.kick
 
@@ -133,6 +136,7 @@ class ShardDispatcher:
         self._heard_s.clear()
         self._claimed.clear()
         self._firing.clear()
+        self.broadcast_watchers.close_all()
         log.info("shard %d: stopped dispatching (leader now %s)", self.shard, hint)
 
     # --- sessions ------------------------------------------------------------------------
@@ -287,6 +291,8 @@ class ShardDispatcher:
 
     # --- effects and waiters -------------------------------------------------------------
     def on_effects(self, effects: dict) -> None:
+        for name, version, found, value, updated_ms in effects.get("broadcast", ()):
+            self.broadcast_watchers.publish(name, version, found, value, updated_ms)
         for workflow_id in effects.get("closed", ()):
             for waiter in self._waiters.pop(workflow_id, ()):
                 if not waiter.done():

@@ -103,6 +103,20 @@ schedule_running_max = 100
 schedule_buffer_max = 1000
 schedule_recent_actions_max = 20
 schedules_page_size_max = 1000
+# --- workflow state, signals, broadcast variables (flow/sm_state.py) ----------------------
+# State keys live in LMDB keys beside the workflow and run ids, like task keys.
+state_key_bytes_max = 64
+state_keys_per_run_max = 1000
+signal_name_bytes_max = 255
+# Signals a run holds in history before it takes them: past it, RESOURCE_EXHAUSTED.
+signals_per_run_max = 10_000
+broadcast_name_bytes_max = 200
+broadcasts_per_shard_max = 10_000
+# Names one WatchBroadcasts stream follows, and streams one shard leader serves.
+broadcast_watch_names_max = 10_000
+broadcast_watchers_per_shard_max = 1000
+# Updates queued for one watcher before it is cut off (it reconnects and re-reads).
+broadcast_watch_queue_max = 10_000
 history_page_size_default = 1000
 history_page_size_max = 10_000
 
@@ -119,4 +133,6 @@ assert workflow_id_bytes_max + type_name_bytes_max + request_id_bytes_max < comm
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + task_key_bytes_max <= lmdb_key_bytes_max
 assert supervisor_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max
 assert 8 + 1 + workflow_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max  # timers
+assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + state_key_bytes_max <= lmdb_key_bytes_max
+assert broadcast_name_bytes_max <= lmdb_key_bytes_max
 assert schedule_id_bytes_max + len("-9999-12-31T23:59:59.999Z") <= workflow_id_bytes_max

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05
 RETRY_S = 0.5
 DELIVER_TIMEOUT_S = limits.proposal_timeout_s + 2.0
-KINDS = ("start_child", "child_closed", "start_scheduled", "schedule_run_closed", "close_run")
+KINDS = ("start_child", "child_closed", "start_scheduled", "schedule_run_closed", "close_run",
+         "signal")
 
 
 def command_for(entry: dict) -> bytes:
@@ -53,6 +54,11 @@ def command_for(entry: dict) -> bytes:
             retry_deadline_ms=entry.get("retry_deadline_ms") or 0)
     if kind == "schedule_run_closed":
         return commands.schedule_run_closed(time_ms=time_ms, entry=entry)
+    if kind == "signal":
+        return commands.signal_workflow(
+            request_id=entry["request_id"], time_ms=time_ms, workflow_id=entry["workflow_id"],
+            run_id=None, name=entry["name"], payload=entry["payload"],
+            sender={k: entry["sender"][k] for k in ("workflow_id", "run_id")})
     if kind == "close_run":
         how = (commands.CANCEL_WORKFLOW if entry.get("how") == "cancel"
                else commands.TERMINATE_WORKFLOW)

@@ -73,3 +73,25 @@ def history_page(txn: Txn, workflow_id: str, run_id: str | None, *, after_event_
             return {"run_id": record["run_id"], "events": events, "more": True}
         events.append(codec.unpack(raw))
     return {"run_id": record["run_id"], "events": events, "more": False}
+
+
+def state_value(txn: Txn, workflow_id: str, run_id: str | None, key: str) -> dict:
+    """{run_id, value: msgpack bytes} of a run's state key (default: the current run).
+    NotFound names what is missing: the workflow, the run, or the key."""
+    record = describe(txn, workflow_id, run_id)
+    raw = txn.get(keys.STATE, keys.state_key(workflow_id, record["run_id"], key))
+    if raw is None:
+        raise NotFound(f"workflow {workflow_id!r} run {record['run_id']} has no state key "
+                       f"{key!r}", workflow_id=workflow_id, run_id=record["run_id"], key=key)
+    return {"run_id": record["run_id"], "value": bytes(raw)}
+
+
+def broadcast_value(txn: Txn, name: str) -> dict:
+    """{version, found, value, updated_ms} of a broadcast variable; version 0 if it never
+    existed."""
+    raw = txn.get(keys.BROADCASTS, keys.broadcast_key(name))
+    if raw is None:
+        return {"version": 0, "found": False, "value": None, "updated_ms": 0}
+    entry = codec.unpack(raw)
+    return {"version": entry["version"], "found": entry["found"], "value": entry["value"],
+            "updated_ms": entry["updated_ms"]}

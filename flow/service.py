@@ -24,6 +24,7 @@ from coda.flow import (commands, limits, listing, metrics, model, outbox, querie
                        wire)
 from coda.flow.schedule_service import ScheduleRpcs, list_page as schedules_page
 from coda.flow.schedule_service import schedule_info
+from coda.flow.state_service import StateRpcs
 from coda.flow.config import NodeConfig
 from coda.flow.replica import ShardReplica
 from coda.flow.sharding import shard_for
@@ -211,7 +212,7 @@ def forward_metadata() -> tuple:
     return ((wire.FORWARDED_METADATA_KEY, "1"),)
 
 
-class FlowService(ScheduleRpcs, pb_grpc.FlowServicer):
+class FlowService(ScheduleRpcs, StateRpcs, pb_grpc.FlowServicer):
     def __init__(self, cfg: NodeConfig, router: Router, dispatchers: list):
         self.cfg = cfg
         self.router = router
@@ -405,6 +406,32 @@ class FlowService(ScheduleRpcs, pb_grpc.FlowServicer):
     @rpc
     async def ListSchedules(self, request, context):
         return await self.list_schedules(request, context)
+
+    # Signals, workflow state, broadcast variables: flow.state_service.
+    @rpc
+    async def SignalWorkflow(self, request, context):
+        return await self.signal_workflow(request, context)
+
+    @rpc
+    async def GetWorkflowState(self, request, context):
+        return await self.get_workflow_state(request, context)
+
+    @rpc
+    async def SetBroadcast(self, request, context):
+        return await self.set_broadcast(request, context)
+
+    @rpc
+    async def GetBroadcast(self, request, context):
+        return await self.get_broadcast(request, context)
+
+    async def WatchBroadcasts(self, request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"WatchBroadcasts: the request is not a valid protobuf "
+                                f"message: {request.error}")
+            return
+        async for message in self.watch_broadcasts(request, context):
+            yield message
 
     @rpc
     async def GetClusterStatus(self, request, context):

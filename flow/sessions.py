@@ -175,7 +175,9 @@ async def _complete_one(replica, completion, payload_bytes_max: int) -> tuple[st
 
 PAYLOAD_FIELDS = {"ScheduleTask": ("args", "args of task {task!r}"),
                   "StartChildWorkflow": ("args", "args of child workflow {workflow_id!r}"),
-                  "CompleteWorkflow": ("result", "the workflow result")}
+                  "CompleteWorkflow": ("result", "the workflow result"),
+                  "SetState": ("value", "the value of state {key!r}"),
+                  "SignalExternal": ("payload", "the payload of signal {name!r}")}
 
 
 def bound_payloads(workflow_commands, payload_bytes_max: int):
@@ -191,7 +193,8 @@ def bound_payloads(workflow_commands, payload_bytes_max: int):
         field, what = spec
         size = len(command.get(field) or b"")
         if size > payload_bytes_max:
-            name = what.format(task=command.get("task"), workflow_id=command.get("workflow_id"))
+            name = what.format(task=command.get("task"), workflow_id=command.get("workflow_id"),
+                               key=command.get("key"), name=command.get("name"))
             return workflow_commands[:n] + [{"type": "FailWorkflow", "error": {
                 "type": "PayloadError", "message": f"{name} is {size} bytes encoded, over the "
                 f"limit of {payload_bytes_max} bytes"}, "retry": retry.NO_RETRY}]

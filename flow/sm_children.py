@@ -99,10 +99,13 @@ def child_closed(ctx: c.Ctx, body: dict) -> dict:
     return {"applied": True, "record": record}
 
 
-def outbox_done(ctx: c.Ctx, body: dict, on_refused: dict) -> dict:
-    """Delivered entries go; one the target refused goes to `on_refused[kind](ctx, entry,
-    error)` (a child start's refusal becomes the child's failure; see `child_refused`).
-    Other kinds' refusals (a close_run of a run that already closed) need nothing."""
+def outbox_done(ctx: c.Ctx, body: dict, on_refused: dict, on_done: dict | None = None) -> dict:
+    """Delivered entries go (a kind in `on_done` is first handed to `on_done[kind](ctx,
+    entry)`: a workflow's signal to another is recorded as sent); one the target refused
+    goes to `on_refused[kind](ctx, entry, error)` (a child start's refusal becomes the
+    child's failure; see `child_refused`). Other kinds' refusals (a close_run of a run that
+    already closed) need nothing."""
+    on_done = on_done or {}
     done = body.get("done", [])
     refused = body.get("refused", [])
     if (not isinstance(done, list) or not isinstance(refused, list)
@@ -110,8 +113,13 @@ def outbox_done(ctx: c.Ctx, body: dict, on_refused: dict) -> dict:
         raise InvalidArgument(f"outbox_done lists at most {limits.outbox_batch_max} entries",
                               field="done")
     for seq in done:
-        if type(seq) is int:
-            ctx.txn.delete(keys.OUTBOX, keys.u64(seq))
+        raw = ctx.txn.get(keys.OUTBOX, keys.u64(seq)) if type(seq) is int else None
+        if raw is None:
+            continue
+        ctx.txn.delete(keys.OUTBOX, keys.u64(seq))
+        entry = codec.unpack(raw)
+        if entry.get("kind") in on_done:
+            on_done[entry["kind"]](ctx, entry)
     for item in refused:
         seq, error = item.get("seq"), item.get("error") or {}
         raw = ctx.txn.get(keys.OUTBOX, keys.u64(seq)) if type(seq) is int else None

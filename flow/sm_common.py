@@ -43,6 +43,7 @@ class Ctx:
     time_ms: int
     closed: list = field(default_factory=list)       # workflow ids whose run closed
     cancel: list = field(default_factory=list)       # [supervisor, wid, run, key, attempt]
+    broadcast: list = field(default_factory=list)    # [name, version, found, value, updated_ms]
 
     def effects(self) -> dict:
         out = {}
@@ -50,6 +51,8 @@ class Ctx:
             out["closed"] = self.closed
         if self.cancel:
             out["cancel"] = self.cancel
+        if self.broadcast:
+            out["broadcast"] = self.broadcast
         return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from coda.errors import AlreadyExists, InvalidArgument, NotFound
 from coda.flow import limits, model, retry, validate
 from coda.flow import sm_common as c
-from coda.flow import sm_children, sm_schedules, sm_tasks
+from coda.flow import sm_children, sm_schedules, sm_state, sm_tasks
 from coda.storage import codec, keys
 
 
@@ -260,6 +260,12 @@ def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
         sm_children.schedule(ctx, record, command)
     elif kind == "StartTimer":
         _start_timer(ctx, record, command)
+    elif kind == "SetState":
+        sm_state.set_state(ctx, record, command)
+    elif kind == "RecordRead":
+        sm_state.record_read(ctx, record, command)
+    elif kind == "SignalExternal":
+        sm_state.signal_external(ctx, record, command)
     elif kind == "CompleteWorkflow":
         result = command.get("result")
         if not isinstance(result, bytes) or len(result) > limits.payload_bytes_max:
@@ -370,9 +376,30 @@ def child_closed(ctx: c.Ctx, body: dict) -> dict:
 
 
 def outbox_done(ctx: c.Ctx, body: dict) -> dict:
-    return sm_children.outbox_done(ctx, body, {
+    return sm_children.outbox_done(ctx, body, on_refused={
         "start_child": sm_children.child_refused(child_closed),
-        "start_scheduled": sm_schedules.start_refused})
+        "start_scheduled": sm_schedules.start_refused,
+        "signal": _external_signal_refused}, on_done={"signal": _external_signal_sent})
+
+
+def _external_signal_sent(ctx: c.Ctx, entry: dict) -> None:
+    _wake_and_save(ctx, sm_state.external_signal_outcome(ctx, entry, None))
+
+
+def _external_signal_refused(ctx: c.Ctx, entry: dict, error: dict) -> None:
+    _wake_and_save(ctx, sm_state.external_signal_outcome(ctx, entry, error))
+
+
+def _wake_and_save(ctx: c.Ctx, record: dict | None) -> None:
+    if record is not None:
+        wake(ctx, record)
+        c.save_workflow(ctx.txn, record)
+
+
+def signal(ctx: c.Ctx, body: dict) -> dict:
+    record = sm_state.signal(ctx, body)
+    _wake_and_save(ctx, record)
+    return {"run_id": record["run_id"]}
 
 
 def backoff_over(ctx: c.Ctx, timer: dict) -> None:

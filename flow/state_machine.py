@@ -23,7 +23,7 @@ from __future__ import annotations
 from coda.errors import CodaError, InvalidArgument
 from coda.flow import commands, limits, validate
 from coda.flow import sm_common as c
-from coda.flow import sm_schedules, sm_supervisors, sm_tasks, sm_workflows
+from coda.flow import sm_schedules, sm_state, sm_supervisors, sm_tasks, sm_workflows
 from coda.storage import codec, keys
 from coda.storage.txn import Txn
 
@@ -121,6 +121,8 @@ _HANDLERS = {
     commands.DELETE_SCHEDULE: sm_schedules.delete,
     commands.PATCH_SCHEDULE: sm_schedules.patch,
     commands.SCHEDULE_RUN_CLOSED: sm_schedules.run_closed,
+    commands.SIGNAL_WORKFLOW: sm_workflows.signal,
+    commands.SET_BROADCAST: sm_state.set_broadcast,
 }
 assert set(_HANDLERS) == set(commands.KINDS)
 

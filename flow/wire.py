@@ -21,6 +21,7 @@ STATUS_BY_CODE = {
     errors.CODE_CONFIG: grpc.StatusCode.INVALID_ARGUMENT,
     errors.CODE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     errors.CODE_ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    errors.CODE_ABORTED: grpc.StatusCode.ABORTED,
     errors.CODE_RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.CODE_NOT_LEADER: grpc.StatusCode.FAILED_PRECONDITION,
     errors.CODE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,

@@ -18,6 +18,102 @@ ALLOW_DUPLICATE_FAILED_ONLY: WorkflowIdReusePolicy
 REJECT_DUPLICATE: WorkflowIdReusePolicy
 TERMINATE_IF_RUNNING: WorkflowIdReusePolicy
 
+class SignalWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "name", "payload", "request_id")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    name: str
+    payload: bytes
+    request_id: str
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., name: _Optional[str] = ..., payload: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SignalWorkflowResponse(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetWorkflowStateRequest(_message.Message):
+    __slots__ = ("workflow_id", "run_id", "key")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    run_id: str
+    key: str
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class GetWorkflowStateResponse(_message.Message):
+    __slots__ = ("run_id", "value")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    value: bytes
+    def __init__(self, run_id: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class SetBroadcastRequest(_message.Message):
+    __slots__ = ("name", "value", "delete", "if_version", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    IF_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: bytes
+    delete: bool
+    if_version: int
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[bytes] = ..., delete: _Optional[bool] = ..., if_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetBroadcastResponse(_message.Message):
+    __slots__ = ("version", "shard")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    shard: int
+    def __init__(self, version: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class GetBroadcastRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class BroadcastValue(_message.Message):
+    __slots__ = ("name", "version", "found", "value", "updated_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    found: bool
+    value: bytes
+    updated_ms: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ..., updated_ms: _Optional[int] = ...) -> None: ...
+
+class BroadcastKnown(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class WatchBroadcastsRequest(_message.Message):
+    __slots__ = ("shard", "known")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    known: _containers.RepeatedCompositeFieldContainer[BroadcastKnown]
+    def __init__(self, shard: _Optional[int] = ..., known: _Optional[_Iterable[_Union[BroadcastKnown, _Mapping]]] = ...) -> None: ...
+
 class ScheduleSpec(_message.Message):
     __slots__ = ("cron", "interval_ms", "offset_ms", "timezone", "jitter_ms", "start_time_ms", "end_time_ms")
     CRON_FIELD_NUMBER: _ClassVar[int]

@@ -113,6 +113,31 @@ class FlowStub:
                 request_serializer=coda_dot_api_dot_flow__pb2.ListSchedulesRequest.SerializeToString,
                 response_deserializer=coda_dot_api_dot_flow__pb2.ListSchedulesResponse.FromString,
                 _registered_method=True)
+        self.SignalWorkflow = channel.unary_unary(
+                '/coda.api.v1.Flow/SignalWorkflow',
+                request_serializer=coda_dot_api_dot_flow__pb2.SignalWorkflowRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.SignalWorkflowResponse.FromString,
+                _registered_method=True)
+        self.GetWorkflowState = channel.unary_unary(
+                '/coda.api.v1.Flow/GetWorkflowState',
+                request_serializer=coda_dot_api_dot_flow__pb2.GetWorkflowStateRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.GetWorkflowStateResponse.FromString,
+                _registered_method=True)
+        self.SetBroadcast = channel.unary_unary(
+                '/coda.api.v1.Flow/SetBroadcast',
+                request_serializer=coda_dot_api_dot_flow__pb2.SetBroadcastRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.SetBroadcastResponse.FromString,
+                _registered_method=True)
+        self.GetBroadcast = channel.unary_unary(
+                '/coda.api.v1.Flow/GetBroadcast',
+                request_serializer=coda_dot_api_dot_flow__pb2.GetBroadcastRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.BroadcastValue.FromString,
+                _registered_method=True)
+        self.WatchBroadcasts = channel.unary_stream(
+                '/coda.api.v1.Flow/WatchBroadcasts',
+                request_serializer=coda_dot_api_dot_flow__pb2.WatchBroadcastsRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.BroadcastValue.FromString,
+                _registered_method=True)
 
 
 class FlowServicer:
@@ -220,6 +245,45 @@ class FlowServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalWorkflow(self, request, context):
+        """Talking to running workflows (flow/sm_state.py).
+        A signal lands in the running run's history once (request_id dedups retries), in
+        commit order; the workflow takes it with coda.context.wait_signal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflowState(self, request, context):
+        """A run's state key (coda.context.set_state), read after a log barrier: linearizable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBroadcast(self, request, context):
+        """Broadcast variables: versioned values on the shard their name hashes to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBroadcast(self, request, context):
+        """Linearizable (a log barrier on the name's shard).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBroadcasts(self, request, context):
+        """Served by the shard's leader only (else NOT_LEADER with a hint): first every watched
+        name whose version differs from `known`, then each new version as it commits. Ends
+        when the node loses the leadership; the watcher reconnects and says what it knows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +361,31 @@ def add_FlowServicer_to_server(servicer, server):
                     servicer.ListSchedules,
                     request_deserializer=coda_dot_api_dot_flow__pb2.ListSchedulesRequest.FromString,
                     response_serializer=coda_dot_api_dot_flow__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'SignalWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalWorkflow,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.SignalWorkflowRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.SignalWorkflowResponse.SerializeToString,
+            ),
+            'GetWorkflowState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflowState,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.GetWorkflowStateRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.GetWorkflowStateResponse.SerializeToString,
+            ),
+            'SetBroadcast': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBroadcast,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.SetBroadcastRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.SetBroadcastResponse.SerializeToString,
+            ),
+            'GetBroadcast': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBroadcast,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.GetBroadcastRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.BroadcastValue.SerializeToString,
+            ),
+            'WatchBroadcasts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBroadcasts,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.WatchBroadcastsRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.BroadcastValue.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -708,6 +797,141 @@ class Flow:
             '/coda.api.v1.Flow/ListSchedules',
             coda_dot_api_dot_flow__pb2.ListSchedulesRequest.SerializeToString,
             coda_dot_api_dot_flow__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/SignalWorkflow',
+            coda_dot_api_dot_flow__pb2.SignalWorkflowRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.SignalWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflowState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/GetWorkflowState',
+            coda_dot_api_dot_flow__pb2.GetWorkflowStateRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.GetWorkflowStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBroadcast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/SetBroadcast',
+            coda_dot_api_dot_flow__pb2.SetBroadcastRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.SetBroadcastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBroadcast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/GetBroadcast',
+            coda_dot_api_dot_flow__pb2.GetBroadcastRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.BroadcastValue.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBroadcasts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coda.api.v1.Flow/WatchBroadcasts',
+            coda_dot_api_dot_flow__pb2.WatchBroadcastsRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.BroadcastValue.FromString,
             options,
             channel_credentials,
             insecure,

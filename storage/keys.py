@@ -13,7 +13,7 @@ Integers in keys are 8-byte big-endian so that byte order is numeric order.
     queues          queue_name NUL u64 seq -> queue entry
     queue_counts    queue_name -> u64 depth
     timers          u64 fire_time_ms NUL workflow_id NUL timer_id -> timer
-    state           workflow_id NUL key -> value
+    state           workflow_id NUL run_id NUL key -> value (msgpack bytes; flow.sm_state)
     requests        request_id -> {time_ms, result}    (idempotent retries)
     requests_by_time u64 time_ms NUL request_id -> b""  (prunes the one above)
     tasks           workflow_id NUL run_id NUL task_key -> task record
@@ -24,6 +24,7 @@ Integers in keys are 8-byte big-endian so that byte order is numeric order.
     outbox          u64 seq -> entry for another shard (child starts, child results,
                     scheduled starts, schedule run reports)
     schedules       schedule_id -> schedule record (flow.sm_schedules)
+    broadcasts      name -> {version, value, found, updated_ms} (flow.sm_state)
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ SUPERVISORS = "supervisors"
 DECLARED_TYPES = "declared_types"
 OUTBOX = "outbox"
 SCHEDULES = "schedules"
+BROADCASTS = "broadcasts"
 
 ALL_DBS = (META, WORKFLOWS, RUNS, HISTORY, QUEUES, QUEUE_COUNTS, TIMERS, STATE, REQUESTS,
-           REQUESTS_BY_TIME, TASKS, ASSIGNMENTS, SUPERVISORS, DECLARED_TYPES, OUTBOX, SCHEDULES)
+           REQUESTS_BY_TIME, TASKS, ASSIGNMENTS, SUPERVISORS, DECLARED_TYPES, OUTBOX, SCHEDULES,
+           BROADCASTS)
 
 META_APPLIED_INDEX = b"applied_index"
 META_SHARD_ID = b"shard_id"
@@ -136,8 +139,16 @@ def declared_type_key(kind: str, name: str) -> bytes:
     return kind.encode() + SEP + name.encode()
 
 
-def state_key(workflow_id: str, key: str) -> bytes:
-    return workflow_id.encode() + SEP + key.encode()
+def state_key(workflow_id: str, run_id: str, key: str) -> bytes:
+    return run_key(workflow_id, run_id) + SEP + key.encode()
+
+
+def state_prefix(workflow_id: str, run_id: str) -> bytes:
+    return run_key(workflow_id, run_id) + SEP
+
+
+def broadcast_key(name: str) -> bytes:
+    return name.encode()
 
 
 def request_key(request_id: str) -> bytes:

@@ -7,7 +7,7 @@ Per-shard families carry a `shard` label; shard counts are bounded (limits.shard
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,6 +43,23 @@ class SupervisorMetrics:
                              ["shard"], registry=r)
         self.in_flight = Gauge("coda_supervisor_in_flight",
                                "Items dispatched to this supervisor and not finished", registry=r)
+        self.broadcast_reads = Counter(
+            "coda_supervisor_broadcast_reads",
+            "Broadcast variable reads by where they were served: worker_cache (hits in a "
+            "worker), supervisor_cache (hits here), flow (misses read from Flow)",
+            ["served_by"], registry=r)
+        for served_by in ("worker_cache", "supervisor_cache", "flow"):
+            self.broadcast_reads.labels(served_by)
+        self.broadcast_update_lag = Histogram(
+            "coda_supervisor_broadcast_update_lag_seconds",
+            "From a broadcast version's commit (leader's clock) to this supervisor's cache",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.broadcast_watch_reopens = Counter(
+            "coda_supervisor_broadcast_watch_reopens",
+            "WatchBroadcasts streams reopened after an error", registry=r)
+        self.state_reads = Counter("coda_supervisor_state_reads",
+                                   "Reads of other workflows' state done for workflows",
+                                   registry=r)
 
     def init_shard(self, shard: int) -> None:
         """Every per-shard series at zero, so a scrape sees a shard before it acts."""

@@ -30,6 +30,9 @@ from coda.errors import ConfigError
 from coda.supervisor import frames
 
 BACKOFF_RESET_AFTER_S = 30.0
+# Worker frames that ask the supervisor to read something (coda.supervisor.worker_reads);
+# the pool hands them on with a `reply` callable that answers that worker.
+READ_OPS = frozenset({"broadcast_get", "state_get", "stats"})
 READY_TIMEOUT_S = 60.0  # importing a user module can be slow (it may import half of PyPI)
 
 
@@ -142,6 +145,20 @@ class WorkerPool:
             if slot.live and item_id in slot.process.in_flight:
                 slot.process.proc.stdin.write(frames.encode_frame({"op": "cancel", "id": item_id}))
                 return
+
+    def send_all(self, frame: dict) -> None:
+        """A frame for every live worker (a new broadcast version)."""
+        for slot in self._slots:
+            if slot.live:
+                self._send_to(slot.process, frame)
+
+    def _send_to(self, process: _Process, frame: dict) -> None:
+        if not process.alive or process.proc.stdin.is_closing():
+            return
+        try:
+            process.proc.stdin.write(frames.encode_frame(frame))
+        except frames.FrameError as exc:
+            _log(f"dropped a {frame.get('op')!r} frame for worker pid {process.pid}: {exc}")
 
     def in_flight(self) -> int:
         return len(self._pending) + sum(len(s.process.in_flight) for s in self._slots if s.process)
@@ -263,6 +280,8 @@ class WorkerPool:
         elif op == "heartbeat":
             if item_id in process.in_flight:
                 self._emit(msg)
+        elif op in READ_OPS:
+            self._emit(dict(msg, reply=lambda frame: self._send_to(process, frame)))
         else:
             _log(f"worker pid {process.pid} sent an unexpected {op!r} frame")
 

@@ -44,6 +44,7 @@ from coda.api import flow_pb2 as pb
 from coda.errors import ConfigError, PayloadError
 from coda.flow import limits
 from coda.storage import codec
+from coda.supervisor.broadcasts import SupervisorReads
 from coda.supervisor.health import HealthServer
 from coda.supervisor.history_cache import HistoryCache
 from coda.supervisor.metrics import SupervisorMetrics
@@ -301,6 +302,7 @@ class Supervisor:
         self._channels = ChannelCache()
         self.histories = HistoryCache()
         self._history_client = None
+        self.reads: SupervisorReads | None = None
         self._fetches: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
@@ -384,6 +386,10 @@ class Supervisor:
         assert self.ledger is None and shard_count >= 1
         self.ledger = CreditLedger(self.slots, shard_count)
         self.batchers = [CompletionBatcher() for _ in range(shard_count)]
+        if hasattr(self.pool, "send_all"):
+            self.reads = SupervisorReads(client_factory=self.flow_client,
+                                         send_all=self.pool.send_all, metrics=self.metrics,
+                                         shard_count=shard_count)
         self._payload_bytes_max = [limits.payload_bytes_default] * shard_count
         for shard in range(shard_count):
             self.metrics.init_shard(shard)
@@ -420,6 +426,8 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.reads is not None:
+            await self.reads.close()
         await self._channels.close()
         if self._history_client is not None:
             await self._history_client.close()
@@ -591,10 +599,7 @@ class Supervisor:
     async def _start_after_fetch(self, item_id: str, dispatch: pb.Dispatch) -> None:
         item = self._items.get(item_id)
         try:
-            if self._history_client is None:
-                from coda.client.client import Client
-                self._history_client = Client(self.addresses)
-            fetched = await self._history_client.workflow_history(dispatch.workflow_id,
+            fetched = await self.flow_client().workflow_history(dispatch.workflow_id,
                                                                   dispatch.run_id)
             head = [e for e in fetched if e["event_id"] <= dispatch.history_after_event_id]
             history = head + history_tail(dispatch)
@@ -628,9 +633,22 @@ class Supervisor:
         log.info("%s ran past its start_to_close_timeout (%d ms): cancelling it", item, timeout_ms)
         self._cancel_in_pool(item_id)
 
+    def flow_client(self):
+        """A client of Flow for the supervisor's own reads (histories, broadcasts, state)."""
+        if self._history_client is None:
+            from coda.client.client import Client
+            self._history_client = Client(self.addresses)
+        return self._history_client
+
     def on_event(self, message: dict) -> None:
-        """A worker's `done` or `heartbeat` (the pool's on_event callback)."""
+        """A worker's `done` or `heartbeat`, or a read it asks for (the pool's on_event
+        callback)."""
         op = message.get("op")
+        if "reply" in message:
+            if self.reads is not None:
+                reply = message.pop("reply")
+                self.reads.on_worker_message(message, reply)
+            return
         if op == "done":
             self._on_done(message)
         elif op == "heartbeat":
@@ -726,7 +744,8 @@ class Supervisor:
                 "sessions": sessions, "workers": pids, "in_flight": in_flight,
                 "items": len(self._items),
                 "history_cache": {"runs": len(self.histories), "hits": self.histories.hits,
-                                  "misses": self.histories.misses}}
+                                  "misses": self.histories.misses},
+                "broadcasts": self.reads.status() if self.reads is not None else None}
 
 
 # ===========================================================================================

@@ -36,6 +36,7 @@ import inspect
 import os
 import sys
 import traceback
+import dataclasses
 from dataclasses import dataclass
 
 from coda.client import sdk, task_context
@@ -44,10 +45,17 @@ from coda.errors import CodaError, PayloadError
 from coda.flow import limits
 from coda.storage import codec
 from coda.supervisor import frames
+from coda.supervisor.worker_reads import WorkerReads
 
 RUN_CACHE_RUNS_MAX = 500
 SYNC_TASK_THREADS_MAX = 32
 FINAL_COMMANDS = frozenset({"CompleteWorkflow", "FailWorkflow", "CancelWorkflow"})
+# The history event each workflow command becomes once committed (a cached run checks
+# that what it emitted last time did commit; see LiveRun.extended_by).
+RECORDED_AS = {"ScheduleTask": "TaskScheduled", "StartTimer": "TimerStarted",
+               "StartChildWorkflow": "ChildWorkflowScheduled", "SetState": "StateSet",
+               "SignalExternal": "SignalExternalScheduled"}
+READ_RECORDED_AS = {"state": "StateRead", "broadcast": "BroadcastRead"}
 
 
 def log(message: str) -> None:
@@ -119,13 +127,24 @@ class LiveRun:
     # fed must also record them, or those commands never committed (a lost completion, a
     # redelivered dispatch) and the run would not emit them again. Then: replay.
     awaiting_keys: frozenset = frozenset()
+    # And how many events of each other kind its last commands must have become.
+    awaiting_events: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def extended_by(self, history: list) -> bool:
         fed = self.fed_events
         if len(history) < fed or (fed and history[fed - 1].get("event_id") != self.last_event_id):
             return False
         recorded = {e.get("key") for e in history[fed:] if e.get("type") == "TaskScheduled"}
-        return self.awaiting_keys <= recorded
+        kinds = collections.Counter(e.get("type") for e in history[fed:])
+        return self.awaiting_keys <= recorded and all(
+            kinds[kind] >= count for kind, count in self.awaiting_events.items())
+
+    def expect(self, commands: list) -> None:
+        self.awaiting_keys = frozenset(c["key"] for c in commands if c["type"] == "ScheduleTask")
+        self.awaiting_events = collections.Counter(
+            READ_RECORDED_AS.get(c.get("kind")) if c["type"] == "RecordRead"
+            else RECORDED_AS.get(c["type"]) for c in commands)
+        self.awaiting_events.pop(None, None)
 
 
 class RunCache:
@@ -168,15 +187,34 @@ def decoded_event(event: dict) -> dict:
     return event
 
 
+@dataclass
+class Suspended:
+    """A workflow task whose run waits for reads only the supervisor can answer; the
+    worker answers them (WorkerReads) and calls WorkflowTasks.resume."""
+    msg: dict
+    definition: object
+    live: "LiveRun"
+    key: tuple
+    commands: list
+    cached: bool
+
+
 class WorkflowTasks:
     def __init__(self, registry: Registry, payload_bytes_max: int,
-                 runs_max: int = RUN_CACHE_RUNS_MAX):
+                 runs_max: int = RUN_CACHE_RUNS_MAX, reads: WorkerReads | None = None):
         self.registry = registry
         self.payload_bytes_max = payload_bytes_max
         self.cache = RunCache(runs_max)
+        self.reads = reads
 
-    def handle(self, msg: dict) -> dict:
-        """One `workflow_task` message in, its `done` frame out. Never raises."""
+    def _resolver(self, kind: str, params: dict, min_version: int):
+        if kind == "broadcast" and self.reads is not None:
+            return self.reads.lookup(params["name"], min_version)
+        return None  # state reads of other workflows always go to Flow
+
+    def handle(self, msg: dict):
+        """One `workflow_task` message in, its `done` frame out (or Suspended, while the
+        run waits for reads). Never raises."""
         item_id = msg["id"]
         definition = self.registry.workflows.get(msg.get("workflow_type"))
         if definition is None:
@@ -195,14 +233,37 @@ class WorkflowTasks:
                 live = LiveRun(WorkflowRun(definition, args, RunInfo(
                     msg["workflow_id"], msg["run_id"], int(msg.get("start_time_ms") or 0),
                     attempt=key[2])))
+                live.run.resolver = self._resolver
+                live.run.payload_bytes_max = self.payload_bytes_max
             commands = live.run.advance([decoded_event(e) for e in history[live.fed_events:]])
         except Exception as exc:  # NonDeterminismError, a bug: the workflow task fails
             return done_error(item_id, error_of(exc, non_retryable=False))
+        if live.run.pending_reads and not live.run.finished:
+            return Suspended(msg, definition, live, key, commands, cached)
+        return self._done(msg, definition, live, key, commands, cached)
+
+    def resume(self, suspended: Suspended, answers: list) -> object:
+        """Continue a suspended workflow task with the answers to its pending reads."""
+        live = suspended.live
+        try:
+            live.run.complete_reads(answers)
+            more = live.run.advance([])
+        except Exception as exc:
+            return done_error(suspended.msg["id"], error_of(exc, non_retryable=False))
+        suspended.commands = suspended.commands + more
+        if live.run.pending_reads and not live.run.finished:
+            return suspended
+        return self._done(suspended.msg, suspended.definition, live, suspended.key,
+                          suspended.commands, suspended.cached)
+
+    def _done(self, msg: dict, definition, live: LiveRun, key: tuple, commands: list,
+              cached: bool) -> dict:
+        item_id, history = msg["id"], msg.get("history") or []
         commands = self._finish(definition, commands)
         if not live.run.finished and not any(c["type"] in FINAL_COMMANDS for c in commands):
             live.fed_events = len(history)
             live.last_event_id = history[-1].get("event_id") if history else None
-            live.awaiting_keys = frozenset(c["key"] for c in commands if c["type"] == "ScheduleTask")
+            live.expect(commands)
             self.cache.put(key, live)
         return {"op": "done", "id": item_id, "commands": commands, "cached": cached}
 
@@ -375,7 +436,10 @@ class Worker:
     def __init__(self, registry: Registry, channel: Channel, payload_bytes_max: int):
         self.registry = registry
         self.channel = channel
-        self.workflows = WorkflowTasks(registry, payload_bytes_max)
+        self.reads = WorkerReads(channel.send_nowait)
+        task_context.set_broadcast_reader(self.reads)
+        self.workflows = WorkflowTasks(registry, payload_bytes_max, reads=self.reads)
+        self._suspended: set[asyncio.Task] = set()
         self.tasks = TaskRunner(registry, payload_bytes_max, send=channel.send,
                                 send_nowait=channel.send_nowait)
         self.stopping = False
@@ -402,6 +466,10 @@ class Worker:
         op = msg["op"]
         if op == "cancel":
             self.tasks.cancel(msg.get("id"))
+        elif op == "broadcast":
+            self.reads.on_broadcast(msg)
+        elif op == "state_value":
+            self.reads.on_state_value(msg)
         elif op == "stop":
             if self._stop_task is None:
                 self.stopping = True
@@ -412,11 +480,32 @@ class Worker:
             await self.channel.send(done_error(msg["id"], error(
                 "WorkerStopping", f"worker pid {os.getpid()} is stopping and takes no new work")))
         elif op == "workflow_task":
-            await self.channel.send(self.workflows.handle(msg))
+            outcome = self.workflows.handle(msg)
+            if isinstance(outcome, Suspended):
+                task = asyncio.get_running_loop().create_task(self._after_reads(outcome))
+                self._suspended.add(task)
+                task.add_done_callback(self._suspended.discard)
+            else:
+                await self.channel.send(outcome)
         else:
             self.tasks.start(msg)
 
+    async def _after_reads(self, outcome: Suspended) -> None:
+        """Answer a suspended workflow task's reads (the serve loop keeps reading frames,
+        which is where the answers arrive), then finish it."""
+        while isinstance(outcome, Suspended):
+            try:
+                answers = await asyncio.gather(*(self.reads.answer(r)
+                                                 for r in outcome.live.run.pending_reads))
+            except Exception as exc:  # the workflow task fails; Flow retries it
+                outcome = done_error(outcome.msg["id"], error_of(exc, non_retryable=False))
+                break
+            outcome = self.workflows.resume(outcome, answers)
+        await self.channel.send(outcome)
+
     async def _stop(self) -> None:
+        while self._suspended:
+            await asyncio.gather(*list(self._suspended), return_exceptions=True)
         await self.tasks.wait_all()
         try:
             await self.channel.writer.drain()

@@ -9,7 +9,9 @@ PUBLIC = {"ChildWorkflowFailedError", "Client", "CodaError", "NonDeterminismErro
           "WorkflowFailedError", "WorkflowHandle", "WorkflowTerminatedError",
           "WorkflowTimedOutError", "context", "errors", "task", "testing", "workflow"}
 CONTEXT = {"spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all", "gather", "now", "random", "uuid4",
-           "workflow_id", "heartbeat", "idempotency_key", "task_info"}
+           "workflow_id", "heartbeat", "idempotency_key", "task_info",
+           # issue 5: talking to running workflows
+           "set_state", "get_state", "get_broadcast", "wait_signal", "signal_workflow"}
 
 
 def test_coda_exports_exactly_the_public_names():

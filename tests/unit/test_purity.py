@@ -41,6 +41,7 @@ PURE = frozenset({
     "coda.storage.codec", "coda.storage.txn", "coda.errors", "coda.flow.retry",
     "coda.flow.sm_common", "coda.flow.sm_tasks", "coda.flow.sm_workflows",
     "coda.flow.sm_supervisors", "coda.flow.sm_children", "coda.flow.sm_schedules",
+    "coda.flow.sm_state",
     "coda.flow.schedule_spec",
 })
 
@@ -199,7 +200,7 @@ def test_the_walk_follows_the_real_imports(walker):
         "coda.flow.validate", "coda.storage.codec", "coda.storage.keys", "coda.storage.txn",
         "coda.errors", "coda.flow.retry", "coda.flow.sm_common", "coda.flow.sm_tasks",
         "coda.flow.sm_workflows", "coda.flow.sm_supervisors", "coda.flow.sm_children",
-        "coda.flow.sm_schedules", "coda.flow.schedule_spec"}
+        "coda.flow.sm_schedules", "coda.flow.sm_state", "coda.flow.schedule_spec"}
     assert walk.files["coda.flow.state_machine"] == ROOT / "flow" / "state_machine.py"
     assert walk.files["coda.errors"] == ROOT / "coda_root" / "errors.py"
     externals = {name for _, name in walk.external}
