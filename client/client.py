@@ -305,6 +305,10 @@ class Client(ScheduleMethods):
             self._channels[address] = grpc.aio.insecure_channel(address, options=[
                 ("grpc.max_send_message_length", limits.grpc_message_bytes_max),
                 ("grpc.max_receive_message_length", limits.grpc_message_bytes_max),
+                # A long stream (WatchBroadcasts) to a node that vanished without a reset
+                # (a partition, a paused process) must fail, not hang: nodes accept a
+                # ping every 5 s on an idle stream (flow.node.server_options).
+                ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                 ("grpc.enable_retries", 0)])
         return pb_grpc.FlowStub(self._channels[address])
 
@@ -448,18 +452,29 @@ class Client(ScheduleMethods):
         return codec.decode_payload(answer.value, what=f"state {key!r} of {workflow_id!r}")
 
     async def open_broadcast_watch(self, shard: int, known: dict[str, int]):
-        """A WatchBroadcasts stream on the shard's leader, as the shard map has it
-        (supervisors' caches use it). The caller iterates it and reopens on any error."""
-        leader = await self._leader_for_shard(shard)
-        address = leader or self.addresses[self._preferred]
+        """A WatchBroadcasts stream on the shard's leader (supervisors' caches use it). The
+        caller iterates it and reopens on any error: each open asks the nodes in turn for
+        the shard map, so a dead node or a moved leader costs one failed open."""
+        self._watch_opens = getattr(self, "_watch_opens", 0) + 1
+        leader = await self._leader_for_shard(shard, start=self._watch_opens)
+        address = leader or self.addresses[self._watch_opens % len(self.addresses)]
         return self._stub(address).WatchBroadcasts(pb.WatchBroadcastsRequest(
             shard=shard, known=[pb.BroadcastKnown(name=n, version=v) for n, v in known.items()]))
 
-    async def _leader_for_shard(self, shard: int) -> str | None:
-        self._shard_map_due_s = 0.0
-        await self._leader_for("")
-        leaders = self._shard_leaders
-        return leaders[shard] if leaders and shard < len(leaders) else None
+    async def _leader_for_shard(self, shard: int, start: int = 0) -> str | None:
+        for step in range(len(self.addresses)):
+            address = self.addresses[(start + step) % len(self.addresses)]
+            try:
+                answer = await self._stub(address).GetShardMap(
+                    pb.GetShardMapRequest(), timeout=SHARD_MAP_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                continue
+            leaders = [l or None for l in answer.leaders]
+            self._shard_leaders = leaders or None
+            self._shard_map_due_s = time.monotonic() + SHARD_MAP_TTL_S
+            if shard < len(leaders) and leaders[shard]:
+                return leaders[shard]
+        return None
 
     async def workflow_history(self, workflow_id: str, run_id: str | None = None, *,
                                page_size: int = 0) -> list[dict]:
