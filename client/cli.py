@@ -681,5 +681,11 @@ def supervisor_run(ctx: Ctx, module, workers, slots, build_id, health_port, supe
     sys.exit(code)
 
 
+# Commands defined elsewhere register on the groups above when imported.
+from coda.client import cli_state  # noqa: E402,F401
+
 if __name__ == "__main__":
-    main()
+    # `python -m coda.client.cli`: run the imported module's group, on which cli_state
+    # registered its commands (this __main__ copy's groups have none of them).
+    from coda.client.cli import main as imported_main
+    imported_main()

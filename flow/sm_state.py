@@ -97,6 +97,8 @@ def record_read(ctx: c.Ctx, record: dict, command: dict) -> None:
     value = _payload(command.get("value"), "read value", optional=True)
     if value is not None:
         event["value"] = value
+    if command.get("message"):
+        event["message"] = str(command["message"])[:1000]  # why not found, for replays
     c.append_history(ctx, record, event)
 
 

@@ -354,3 +354,33 @@ def test_bad_input_gets_clear_errors(env):
         with pytest.raises(Exception) as failure:
             bad.result(timeout=RESULT_TIMEOUT_S)
         assert expected in str(failure.value), failure.value
+
+
+# --- 6. the CLI -----------------------------------------------------------------------------
+
+def test_cli_signals_reads_state_and_sets_broadcasts(env):
+    from cli_helpers import as_json, coda, failed, ok
+    address = env["cluster"].address
+    wid = new_id("cli-producer")
+    ok(coda("workflow", "start", "x_producer", "--id", wid, address=address))
+    wait_for(lambda: coda("workflow", "state", wid, "stage", address=address).returncode == 0,
+             30, "the producer's first state")
+    assert as_json(coda("--json", "workflow", "state", wid, "stage", address=address)) == {
+        "workflow_id": wid, "key": "stage", "value": "started"}
+    ok(coda("workflow", "signal", wid, "go", "--payload", '{"by": "cli"}', address=address))
+    wait_for(lambda: as_json(coda("--json", "workflow", "state", wid, "go",
+                                  address=address))["value"] == {"by": "cli"}, 30, "go state")
+    assert ok(coda("workflow", "state", wid, "stage", address=address)).strip() == '"after-go"'
+    ok(coda("workflow", "signal", wid, "finish", address=address))
+    failed(coda("workflow", "state", wid, "nope", address=address), 1, "NOT_FOUND", "nope")
+    failed(coda("workflow", "signal", wid, "go", "--payload", "{bad", address=address), 2,
+           "not valid JSON")
+    name = new_id("cli-bc")
+    assert as_json(coda("--json", "broadcast", "set", name, '[1, 2]', address=address)) == {
+        "name": name, "version": 1}
+    assert as_json(coda("--json", "broadcast", "get", name, address=address)) == {
+        "name": name, "version": 1, "value": [1, 2]}
+    failed(coda("broadcast", "set", name, '3', "--if-version", "7", address=address), 1,
+           "ABORTED", "at version 1")
+    assert "version 2" in ok(coda("broadcast", "delete", name, address=address))
+    failed(coda("broadcast", "get", name, address=address), 1, "NOT_FOUND", "is not set")
