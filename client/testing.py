@@ -32,6 +32,50 @@ class LocalRun:
     attempts: int
     history: list[dict]
     task_runs: collections.Counter = field(default_factory=collections.Counter)
+    # What the workflow published (set_state) and sent (signal_workflow: (id, name, payload)).
+    state: dict = field(default_factory=dict)
+    signals_sent: list = field(default_factory=list)
+
+
+class _World:
+    """What a local run reads and sends outside itself: broadcasts and other workflows'
+    state given by the test; signals to other workflows recorded as delivered."""
+
+    def __init__(self, broadcasts, workflow_states):
+        self.broadcasts = dict(broadcasts or {})
+        self.workflow_states = dict(workflow_states or {})
+        self.sent: list = []
+
+    def resolve(self, kind: str, params: dict, min_version: int) -> dict:
+        if kind == "broadcast":
+            found = params["name"] in self.broadcasts
+            value = self.broadcasts.get(params["name"])
+        else:
+            found = (params["workflow_id"], params["key"]) in self.workflow_states
+            value = self.workflow_states.get((params["workflow_id"], params["key"]))
+        return {"found": found, "version": 1 if found else 0,
+                "value": codec.pack(value) if found else None}
+
+    def events_for(self, command: dict) -> list[dict]:
+        kind = command["type"]
+        if kind == "SetState":
+            return [{"type": "StateSet", "key": command["key"], "value": command["value"]}]
+        if kind == "RecordRead":
+            return [dict(command, type="StateRead" if command["kind"] == "state"
+                         else "BroadcastRead")]
+        if kind == "SignalExternal":
+            self.sent.append((command["workflow_id"], command["name"],
+                              codec.unpack(command["payload"])))
+            return [{"type": "SignalExternalScheduled", "key": command["key"],
+                     "workflow_id": command["workflow_id"], "name": command["name"]},
+                    {"type": "SignalExternalSent", "key": command["key"]}]
+        return []
+
+
+def _signal_events(signals) -> list[dict]:
+    """signals: [(name, payload), ...] in the order they arrive (before the run starts)."""
+    return [{"type": "SignalReceived", "name": name, "payload": codec.pack(payload),
+             "signal_id": n + 1} for n, (name, payload) in enumerate(signals or ())]
 
 
 def _task_registry(workflow_fn, tasks) -> dict[str, sdk.TaskDefinition]:
@@ -64,17 +108,24 @@ async def _run_task(definition: sdk.TaskDefinition, args: dict, runs: collection
 
 
 async def run_locally(workflow_fn, args: dict | None = None, *, tasks=None,
-                      workflow_id: str = "local-workflow", start_time_ms: int = 0) -> LocalRun:
-    """Run `workflow_fn` to completion in this process; raises WorkflowFailedError."""
+                      workflow_id: str = "local-workflow", start_time_ms: int = 0,
+                      signals=None, broadcasts: dict | None = None,
+                      workflow_states: dict | None = None) -> LocalRun:
+    """Run `workflow_fn` to completion in this process; raises WorkflowFailedError.
+
+    signals: [(name, payload), ...] waiting for the run when it starts; broadcasts:
+    {name: value}; workflow_states: {(workflow_id, key): value} for get_state of others."""
     definition = sdk.definition_of(workflow_fn)
     if not isinstance(definition, sdk.WorkflowDefinition):
         raise InvalidArgument(f"{workflow_fn!r} is not a @coda.workflow function")
     registry = _task_registry(workflow_fn, tasks)
-    history: list[dict] = []
+    history: list[dict] = _signal_events(signals)
     runs: collections.Counter = collections.Counter()
+    world = _World(broadcasts, workflow_states)
     for attempt in range(1, ATTEMPTS_MAX + 1):
         run = WorkflowRun(definition, dict(args or {}),
                           RunInfo(workflow_id, "local-run", start_time_ms, attempt))
+        run.resolver = world.resolve
         commands = run.advance(history)
         while True:
             final = [c for c in commands if c["type"] in ("CompleteWorkflow", "FailWorkflow")]
@@ -82,12 +133,16 @@ async def run_locally(workflow_fn, args: dict | None = None, *, tasks=None,
             for command in commands:
                 if command["type"] == "ScheduleTask":
                     new_events += await _schedule(command, registry, runs)
+                else:
+                    new_events += world.events_for(command)
             history += new_events
             if final or not new_events:
                 break
             commands = run.advance(new_events)
         if final and final[0]["type"] == "CompleteWorkflow":
-            return LocalRun(final[0]["result"], attempt, history, runs)
+            state = {e["key"]: codec.unpack(e["value"]) for e in history
+                     if e["type"] == "StateSet"}
+            return LocalRun(final[0]["result"], attempt, history, runs, state, world.sent)
         error = final[0]["error"] if final else {"type": "Stuck", "message": "no progress"}
         if not final or not definition.retry.retries_after(attempt, error["type"]):
             raise WorkflowFailedError(f"workflow {definition.name} failed on attempt {attempt}: "

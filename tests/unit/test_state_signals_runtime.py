@@ -213,3 +213,26 @@ def test_context_calls_check_their_arguments():
         coda.context.set_state("k", 1)
     assert issubclass(PayloadError, coda.errors.InvalidArgument)
     assert issubclass(NotFound, coda.CodaError)
+
+
+# --- coda.testing.run_locally ----------------------------------------------------------------
+
+@coda.workflow(name="local_mix")
+async def local_mix():
+    coda.context.set_state("stage", "reading")
+    rate = await coda.context.get_broadcast("rate")
+    peer = await coda.context.get_state("stage", workflow_id="other", default="?")
+    first = await coda.context.wait_signal("go")
+    await coda.context.signal_workflow("billing", "done", {"rate": rate})
+    coda.context.set_state("stage", "done")
+    return [rate, peer, first]
+
+
+def test_run_locally_serves_state_broadcasts_and_signals():
+    import asyncio
+    local = asyncio.run(coda.testing.run_locally(
+        local_mix, signals=[("go", "now")], broadcasts={"rate": 1.5},
+        workflow_states={("other", "stage"): "busy"}))
+    assert local.result == [1.5, "busy", "now"]
+    assert local.state == {"stage": "done"}
+    assert local.signals_sent == [("billing", "done", {"rate": 1.5})]
