@@ -90,6 +90,15 @@ class LmdbTxn:
         self._txn = txn
         self._dbs = dbs
 
+    def close(self) -> None:
+        """End a read transaction and drop it. py-lmdb frees a reader slot only when the
+        Transaction object is destroyed, not when it ends: a traceback that keeps a frame
+        holding this wrapper (an error answered while 2,000 other reads wait) would
+        otherwise hold a slot, and 256 of them filled the table (MDB_READERS_FULL)."""
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            txn.abort()
+
     def get(self, db: str, key: bytes) -> bytes | None:
         return self._txn.get(key, db=self._dbs[db])
 
@@ -139,8 +148,13 @@ class ShardStore:
     @contextlib.contextmanager
     def read(self) -> Iterator[LmdbTxn]:
         with self._lock.shared():
-            with self._env.begin(write=False) as txn:
-                yield LmdbTxn(txn, self._dbs)
+            # No local name for the lmdb Transaction: this frame may outlive the read in
+            # a traceback, and only the wrapper, closed below, may hold it.
+            view = LmdbTxn(self._env.begin(write=False), self._dbs)
+            try:
+                yield view
+            finally:
+                view.close()
 
     def applied_index(self) -> int:
         with self.read() as txn:
