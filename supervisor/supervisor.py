@@ -386,7 +386,7 @@ class Supervisor:
         assert self.ledger is None and shard_count >= 1
         self.ledger = CreditLedger(self.slots, shard_count)
         self.batchers = [CompletionBatcher() for _ in range(shard_count)]
-        if hasattr(self.pool, "send_all"):
+        if hasattr(self.pool, "send_all"):  # test doubles of the pool may not relay reads
             self.reads = SupervisorReads(client_factory=self.flow_client,
                                          send_all=self.pool.send_all, metrics=self.metrics,
                                          shard_count=shard_count)
