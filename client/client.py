@@ -92,6 +92,8 @@ def workflow_to_dict(info: pb.WorkflowInfo) -> dict:
         # While RUNNING: why its last workflow task failed (e.g. a NonDeterminismError).
         "workflow_task_failure": info.workflow_task_failure or None,
         "open_tasks": info.open_tasks, "cancel_requested": info.cancel_requested,
+        "continued_as_run_id": info.continued_as_run_id or None,
+        "continued_from_run_id": info.continued_from_run_id or None,
     }
 
 
@@ -219,14 +221,22 @@ class WorkflowHandle:
     async def describe(self) -> dict:
         return await self.client.describe_workflow(self.workflow_id, self.run_id)
 
-    async def wait_closed(self, timeout: float | None = None) -> dict:
+    async def wait_closed(self, timeout: float | None = None, *,
+                          follow_runs: bool = True) -> dict:
         """Wait until the run closes (seconds; None: no limit) and describe it, whatever
-        its status. WaitTimeout if it still runs when `timeout` passes."""
+        its status. A run that continued as new is followed to the run after it (unless
+        `follow_runs=False`), so this is the workflow's end. WaitTimeout if it still runs
+        when `timeout` passes."""
         deadline_s = _wait_deadline_s(timeout)
+        run_id = self.run_id
         while True:
             polled_s = time.monotonic()
-            info = await self.client.wait_workflow(self.workflow_id, self.run_id,
+            info = await self.client.wait_workflow(self.workflow_id, run_id,
                                                    _poll_wait_ms(deadline_s))
+            if (follow_runs and info["status"] == model.CONTINUED_AS_NEW
+                    and info["continued_as_run_id"]):
+                run_id = info["continued_as_run_id"]
+                continue
             if info["status"] != model.RUNNING:
                 return info
             now_s = time.monotonic()

@@ -21,7 +21,7 @@ from coda.flow import limits, validate
 __all__ = ["spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all",
            "gather", "now", "random", "uuid4", "workflow_id", "heartbeat", "idempotency_key",
            "task_info", "set_state", "get_state", "get_broadcast", "wait_signal",
-           "signal_workflow"]
+           "signal_workflow", "continue_as_new"]
 
 
 def spawn_task(fn_or_name, args: dict | None = None, *, cache_key=None) -> CodaFuture:
@@ -219,3 +219,15 @@ def signal_workflow(workflow_id: str, name: str, payload=None) -> CodaFuture:
     validate.workflow_id(workflow_id)
     name = validate.identifier(name, "signal name", limits.signal_name_bytes_max)
     return current_run().signal_workflow(workflow_id, name, payload)
+
+
+# --- long-lived workflows (docs/long-lived-workflows.md) ----------------------------------
+
+def continue_as_new(args: dict | None = None) -> None:
+    """End this run as CONTINUED_AS_NEW and start a fresh run of the same workflow (same
+    id and type, empty history) with keyword arguments `args`, in one committed step.
+    Raises (never returns); a client waiting on the workflow follows it to the new run."""
+    if args is not None and not isinstance(args, dict):
+        raise InvalidArgument(f"continue_as_new args must be a dict of keyword arguments, "
+                              f"got {type(args).__name__}", field="args")
+    current_run().continue_as_new(args or {})

@@ -56,6 +56,15 @@ class NonDeterminismError(CodaError):
     code = "NON_DETERMINISM"
 
 
+class ContinueAsNew(BaseException):
+    """Raised by coda.context.continue_as_new: ends this run, starts the next. A
+    BaseException, so a workflow's `except Exception` does not swallow it."""
+
+    def __init__(self, args_payload: bytes):
+        super().__init__("continue as new")
+        self.args_payload = args_payload
+
+
 class ChildWorkflowFailedError(CodaError):
     """A child workflow closed without completing (failed, cancelled, terminated, timed out)."""
     code = "CHILD_WORKFLOW_FAILED"
@@ -338,6 +347,9 @@ class WorkflowRun(StateAndSignals):
                 self._raise_violation()
                 self._check_history_consumed()
                 return self._finish({"type": "CompleteWorkflow", "result": stop.value})
+            except ContinueAsNew as can:
+                self._raise_violation()
+                return self._finish({"type": "ContinueAsNew", "args": can.args_payload})
             except asyncio.CancelledError as exc:
                 self._raise_violation()
                 if self._cancel_reason is None:  # raised by the workflow itself: a failure
@@ -476,6 +488,10 @@ class WorkflowRun(StateAndSignals):
 
     def wait_signal(self, name: str) -> CodaFuture:
         return _SignalWait(self, name)
+
+    def continue_as_new(self, args: dict) -> None:
+        raise ContinueAsNew(codec.encode_payload(args, what="continue-as-new args",
+                                                 limit_bytes=self.payload_bytes_max))
 
     def idempotency_key(self, key: str) -> str:
         """Stable across retries and replays of this workflow: hand it to external services."""

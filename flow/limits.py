@@ -58,6 +58,9 @@ page_token_bytes_max = 16 * KIB
 
 # --- execution ---------------------------------------------------------------------------
 history_events_per_run_max = 50_000
+# Closed runs kept per workflow id (describe/history by run id); older ones are deleted
+# with their history, tasks and state when another run closes.
+closed_runs_per_workflow_max = 20
 # Commands one workflow task may emit, and tasks a run may have open at once.
 workflow_task_commands_max = 1000
 open_tasks_per_run_max = 10_000

@@ -149,7 +149,9 @@ def workflow_info(record: dict, shard: int) -> pb.WorkflowInfo:
         queued_on=record["queue"] if record.get("queue_seq") is not None else "",
         workflow_task_failure=failure_text(record.get("wft_failure")),
         open_tasks=record.get("open_tasks", 0),
-        cancel_requested=bool(record.get("cancel_requested")))
+        cancel_requested=bool(record.get("cancel_requested")),
+        continued_as_run_id=record.get("continued_as") or "",
+        continued_from_run_id=record.get("continued_from") or "")
 
 
 class Router:

@@ -177,7 +177,8 @@ PAYLOAD_FIELDS = {"ScheduleTask": ("args", "args of task {task!r}"),
                   "StartChildWorkflow": ("args", "args of child workflow {workflow_id!r}"),
                   "CompleteWorkflow": ("result", "the workflow result"),
                   "SetState": ("value", "the value of state {key!r}"),
-                  "SignalExternal": ("payload", "the payload of signal {name!r}")}
+                  "SignalExternal": ("payload", "the payload of signal {name!r}"),
+                  "ContinueAsNew": ("args", "the continue-as-new args")}
 
 
 def bound_payloads(workflow_commands, payload_bytes_max: int):

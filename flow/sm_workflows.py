@@ -54,28 +54,44 @@ def start(ctx: c.Ctx, body: dict) -> dict:
             return {"run_id": current["run_id"], "started": False}
         _make_room_for_new_run(ctx, current, policy)
 
-    record = {
+    _begin_run(ctx, {
         "workflow_id": workflow_id, "run_id": run_id, "workflow_type": workflow_type,
+        "request_id": request_id, "input": payload, "execution_timeout_ms": timeout_ms,
+        "parent": _parent(body.get("parent")), "schedule": _schedule(body.get("schedule")),
+        "retry_deadline_ms": _deadline(body.get("retry_deadline_ms"))})
+    return {"run_id": run_id, "started": True}
+
+
+def _begin_run(ctx: c.Ctx, run: dict, continued_from: str | None = None) -> dict:
+    """A new current run of `run["workflow_id"]`: its record, WorkflowExecutionStarted,
+    its execution timeout, its first workflow task. The caller made room for it."""
+    workflow_id, run_id = run["workflow_id"], run["run_id"]
+    timeout_ms = run["execution_timeout_ms"]
+    record = {
+        "workflow_id": workflow_id, "run_id": run_id, "workflow_type": run["workflow_type"],
         "status": model.RUNNING, "start_time_ms": ctx.time_ms, "close_time_ms": None,
-        "request_id": request_id, "attempt": 1, "history_length": 0,
-        "queue": keys.workflow_queue_name(workflow_type), "queue_seq": None,
+        "request_id": run["request_id"], "attempt": 1, "history_length": 0,
+        "queue": keys.workflow_queue_name(run["workflow_type"]), "queue_seq": None,
         "result": None, "failure": None, "wft": None, "wft_attempt": 0, "wft_needed": True,
         "wft_failures": 0, "open_tasks": 0, "cancel_requested": False, "timers": [],
-        "parent": _parent(body.get("parent")),
-        "schedule": _schedule(body.get("schedule")),
-        "retry_deadline_ms": _deadline(body.get("retry_deadline_ms")),
+        "parent": run["parent"], "schedule": run["schedule"],
+        "retry_deadline_ms": run["retry_deadline_ms"], "execution_timeout_ms": timeout_ms,
+        "continued_from": continued_from,
     }
-    started = {"type": "WorkflowExecutionStarted", "workflow_type": workflow_type,
-               "input": payload, "request_id": request_id, "execution_timeout_ms": timeout_ms}
+    started = {"type": "WorkflowExecutionStarted", "workflow_type": run["workflow_type"],
+               "input": run["input"], "request_id": run["request_id"],
+               "execution_timeout_ms": timeout_ms}
     if record["schedule"]:
         started["schedule"] = record["schedule"]
+    if continued_from:
+        started["continued_from"] = continued_from
     c.append_history(ctx, record, started)
     if timeout_ms:
         record["timers"].append(c.set_timer(ctx, ctx.time_ms + timeout_ms, workflow_id, {
             "kind": c.TIMER_EXECUTION_TIMEOUT, "run_id": run_id}))
     wake(ctx, record)
     c.save_workflow(ctx.txn, record)
-    return {"run_id": run_id, "started": True}
+    return record
 
 
 def _parent(parent) -> dict | None:
@@ -129,19 +145,46 @@ def _make_room_for_new_run(ctx: c.Ctx, current: dict, policy: str) -> None:
             f"workflow {workflow_id!r} already ran (run {current['run_id']}, {status}); "
             f"reuse policy {policy} does not allow another run",
             workflow_id=workflow_id, run_id=current["run_id"])
-    ctx.txn.put(keys.RUNS, keys.run_key(workflow_id, current["run_id"]), codec.pack(current))
+    keep_closed_run(ctx, current)
+
+
+def keep_closed_run(ctx: c.Ctx, record: dict) -> None:
+    """A closed run moves to `runs` (describe and history by run id still work); past
+    `closed_runs_per_workflow_max` of one id, the oldest goes, with its history, tasks
+    and state, so a workflow that continues as new for ever keeps bounded storage."""
+    workflow_id = record["workflow_id"]
+    ctx.txn.put(keys.RUNS, keys.run_key(workflow_id, record["run_id"]), codec.pack(record))
+    closed = [codec.unpack(raw) for _, raw in
+              ctx.txn.scan(keys.RUNS, prefix=keys.workflow_key(workflow_id) + keys.SEP)]
+    if len(closed) <= limits.closed_runs_per_workflow_max:
+        return
+    oldest = min(closed, key=lambda r: (r.get("close_time_ms") or 0, r["run_id"]))
+    _forget_run(ctx, workflow_id, oldest["run_id"])
+
+
+def _forget_run(ctx: c.Ctx, workflow_id: str, run_id: str) -> None:
+    ctx.txn.delete(keys.RUNS, keys.run_key(workflow_id, run_id))
+    for db, prefix in ((keys.HISTORY, keys.history_prefix(workflow_id, run_id)),
+                       (keys.TASKS, keys.tasks_prefix(workflow_id, run_id)),
+                       (keys.STATE, keys.state_prefix(workflow_id, run_id))):
+        doomed = [bytes(k) for k, _ in ctx.txn.scan(db, prefix=prefix)]
+        for key in doomed:  # after the scan: no cursor open while the db changes
+            ctx.txn.delete(db, key)
 
 
 CLOSING_EVENTS = {model.COMPLETED: "WorkflowExecutionCompleted",
                   model.FAILED: "WorkflowExecutionFailed",
                   model.CANCELLED: "WorkflowExecutionCanceled",
                   model.TERMINATED: "WorkflowExecutionTerminated",
-                  model.TIMED_OUT: "WorkflowExecutionTimedOut"}
+                  model.TIMED_OUT: "WorkflowExecutionTimedOut",
+                  model.CONTINUED_AS_NEW: "WorkflowExecutionContinuedAsNew"}
 
 
 def close(ctx: c.Ctx, record: dict, status: str, *, result: bytes | None = None,
-          failure: dict | None = None) -> None:
-    """Close the run: its workflow task and timers go, its open tasks are cancelled."""
+          failure: dict | None = None, event_fields: dict | None = None) -> None:
+    """Close the run: its workflow task and timers go, its open tasks are cancelled.
+    A run that continued as new is not the workflow's end: its parent and schedule hear
+    of the last run's close instead."""
     _drop_wft(ctx, record)
     c.clear_timers(ctx.txn, record.get("timers"))
     record["timers"] = []
@@ -153,10 +196,11 @@ def close(ctx: c.Ctx, record: dict, status: str, *, result: bytes | None = None,
         event["result"] = result
     if failure is not None:
         event["failure"] = failure
-    c.append_history(ctx, record, event)
+    c.append_history(ctx, record, dict(event, **(event_fields or {})))
     ctx.closed.append(record["workflow_id"])
-    sm_children.notify_parent(ctx, record)
-    sm_schedules.notify(ctx, record)
+    if status != model.CONTINUED_AS_NEW:
+        sm_children.notify_parent(ctx, record)
+        sm_schedules.notify(ctx, record)
 
 
 # --- workflow tasks ----------------------------------------------------------------------
@@ -248,6 +292,8 @@ def complete_wft(ctx: c.Ctx, record: dict, commands: list) -> None:
         if record["status"] != model.RUNNING:
             break  # nothing after a closing command counts
         _apply_workflow_command(ctx, record, command)
+    if record["status"] == model.CONTINUED_AS_NEW:
+        return  # the record went to `runs`; the new run's record is the current one
     wake(ctx, record)
     c.save_workflow(ctx.txn, record)
 
@@ -275,11 +321,39 @@ def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
     elif kind == "FailWorkflow":
         _workflow_failed(ctx, record, _error(command.get("error")),
                          retry.validate(command.get("retry"), "retry"))
+    elif kind == "ContinueAsNew":
+        continue_as_new(ctx, record, command)
     elif kind == "CancelWorkflow":
         close(ctx, record, model.CANCELLED, failure={
             "type": "CancelledError", "message": str(command.get("reason") or "cancelled")[:4096]})
     else:
         raise InvalidArgument(f"unknown workflow command {kind!r}", field="workflow_commands")
+
+
+def continue_as_new(ctx: c.Ctx, record: dict, command: dict) -> None:
+    """End the run CONTINUED_AS_NEW and start the next one, with the same workflow id and
+    type, new input and an empty history, in this same command. The new run id is
+    derived from the old one (unique as it is, and the same on every replica)."""
+    args = command.get("args")
+    if not isinstance(args, bytes) or len(args) > limits.payload_bytes_max:
+        raise InvalidArgument("continue-as-new args must be msgpack bytes within the payload "
+                              "limit", field="args")
+    if record["cancel_requested"]:
+        # A cancel asked of this workflow is not passed on to a run that never saw it.
+        close(ctx, record, model.CANCELLED, failure={
+            "type": "CancelledError", "message": "cancelled while continuing as new"})
+        return
+    new_run_id = keys.digest(record["workflow_id"], record["run_id"], "continued-as-new")
+    close(ctx, record, model.CONTINUED_AS_NEW, event_fields={"new_run_id": new_run_id})
+    record["continued_as"] = new_run_id
+    keep_closed_run(ctx, record)
+    _begin_run(ctx, {
+        "workflow_id": record["workflow_id"], "run_id": new_run_id,
+        "workflow_type": record["workflow_type"], "request_id": record["request_id"],
+        "input": args, "execution_timeout_ms": record.get("execution_timeout_ms") or 0,
+        "parent": record.get("parent"), "schedule": record.get("schedule"),
+        "retry_deadline_ms": record.get("retry_deadline_ms") or 0},
+        continued_from=record["run_id"])
 
 
 def _start_timer(ctx: c.Ctx, record: dict, command: dict) -> None:

@@ -49,7 +49,8 @@ from coda.supervisor.worker_reads import WorkerReads
 
 RUN_CACHE_RUNS_MAX = 500
 SYNC_TASK_THREADS_MAX = 32
-FINAL_COMMANDS = frozenset({"CompleteWorkflow", "FailWorkflow", "CancelWorkflow"})
+FINAL_COMMANDS = frozenset({"CompleteWorkflow", "FailWorkflow", "CancelWorkflow",
+                            "ContinueAsNew"})
 # The history event each workflow command becomes once committed (a cached run checks
 # that what it emitted last time did commit; see LiveRun.extended_by).
 RECORDED_AS = {"ScheduleTask": "TaskScheduled", "StartTimer": "TimerStarted",

@@ -11,7 +11,9 @@ PUBLIC = {"ChildWorkflowFailedError", "Client", "CodaError", "NonDeterminismErro
 CONTEXT = {"spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all", "gather", "now", "random", "uuid4",
            "workflow_id", "heartbeat", "idempotency_key", "task_info",
            # issue 5: talking to running workflows
-           "set_state", "get_state", "get_broadcast", "wait_signal", "signal_workflow"}
+           "set_state", "get_state", "get_broadcast", "wait_signal", "signal_workflow",
+           # issue 9: long-lived workflows
+           "continue_as_new"}
 
 
 def test_coda_exports_exactly_the_public_names():
