@@ -21,7 +21,7 @@ from coda.flow import limits, validate
 __all__ = ["spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "await_all",
            "gather", "now", "random", "uuid4", "workflow_id", "heartbeat", "idempotency_key",
            "task_info", "set_state", "get_state", "get_broadcast", "wait_signal",
-           "signal_workflow", "continue_as_new"]
+           "signal_workflow", "continue_as_new", "patched", "deprecate_patch"]
 
 
 def spawn_task(fn_or_name, args: dict | None = None, *, cache_key=None) -> CodaFuture:
@@ -231,3 +231,26 @@ def continue_as_new(args: dict | None = None) -> None:
         raise InvalidArgument(f"continue_as_new args must be a dict of keyword arguments, "
                               f"got {type(args).__name__}", field="args")
     current_run().continue_as_new(args or {})
+
+
+def patched(patch_id: str) -> bool:
+    """Change a running workflow's code safely:
+
+        if coda.context.patched("send-sms"):
+            await coda.context.spawn_task(send_sms, ...)      # the new code
+        else:
+            await coda.context.spawn_task(send_email, ...)    # what old runs recorded
+
+    True for new executions (a marker goes into history) and for replays of histories
+    that have the marker; False for replays of histories recorded before the change.
+    Decided once per run: later calls with the same id answer the same."""
+    validate.identifier(patch_id, "patch id", limits.type_name_bytes_max)
+    return current_run().patched(patch_id)
+
+
+def deprecate_patch(patch_id: str) -> None:
+    """Once no run recorded before the change remains (`coda workflow list` shows
+    them), replace `if patched(id): new else: old` by `deprecate_patch(id)` and the new
+    code alone: histories with and without the marker both replay the new code."""
+    validate.identifier(patch_id, "patch id", limits.type_name_bytes_max)
+    current_run()  # only inside a workflow, like patched()

@@ -78,6 +78,9 @@ class StateAndSignals:
         # Set by the worker: (kind, params, min_version) -> answer dict or None (not at hand).
         self.resolver = None
         self._signals: dict[str, collections.deque] = {}
+        self._recorded_patches: set[str] = set()
+        self._patches: dict[str, bool] = {}   # decided once per run, then memoized
+        self.replaying = False                # set by WorkflowRun._step
         # The worker sets its own limit; a value over it is refused at the call.
         self.payload_bytes_max = limits.payload_bytes_default
 
@@ -88,6 +91,8 @@ class StateAndSignals:
             self._recorded_state_sets.append(event.get("key"))
         elif kind in READ_EVENT_KINDS:
             self._recorded_reads.append(event)
+        elif kind == "MarkerRecorded" and event.get("kind") == "patch":
+            self._recorded_patches.add(event.get("patch_id"))
 
     def _absorb_signal(self, event: dict) -> None:
         payload = event.get("payload")
@@ -180,6 +185,23 @@ class StateAndSignals:
                 "value": answer.get("value")}
         ok, value = _outcome(kind, params, answer, future.read_default)
         future.set_result(value) if ok else future.set_error(value)
+
+    # --- patches (versioning) ----------------------------------------------------------------
+    def patched(self, patch_id: str) -> bool:
+        """True on the new code path: in a new execution (recorded as a marker) and in
+        replays of histories that have the marker; False in replays of histories recorded
+        before the change. Decided once per run."""
+        if patch_id not in self._patches:
+            if patch_id in self._recorded_patches:
+                self._patches[patch_id] = True
+            elif self.replaying:
+                self._patches[patch_id] = False
+            else:
+                self._recorded_patches.add(patch_id)
+                self._pending_commands.append({"type": "RecordMarker", "kind": "patch",
+                                               "patch_id": patch_id})
+                self._patches[patch_id] = True
+        return self._patches[patch_id]
 
     # --- signals ---------------------------------------------------------------------------
     def take_signal(self, name: str):

@@ -1,4 +1,5 @@
-"""`coda.testing`: run a workflow in-process, without a cluster, for unit tests.
+"""`coda.testing`: run a workflow in-process, without a cluster, for unit tests; replay
+a recorded history against changed code (`replay`).
 
 `run_locally` drives a workflow with the same deterministic runtime workers use
 (`WorkflowRun`), runs its tasks in this process (sync or async; task retries under each
@@ -158,3 +159,61 @@ async def _schedule(command: dict, registry: dict, runs: collections.Counter) ->
     scheduled = {"type": "TaskScheduled", "key": command["key"], "task": name}
     outcome = await _run_task(registry[name], codec.unpack(command["args"]), runs)
     return [scheduled, dict(outcome, key=command["key"])]
+
+
+# --- replaying real histories (docs/long-lived-workflows.md) ------------------------------
+
+@dataclass
+class ReplayResult:
+    commands: list[dict]     # what the code would do next (nothing if it matched to the end)
+    finished: bool           # the code reached its end (returned, raised, continued as new)
+
+
+def load_history(history) -> list[dict]:
+    """A history as `coda workflow history ID --json` writes it (a path, or its JSON
+    text), or as `handle.history()` returns it: a list of event maps."""
+    import json
+    import os
+    if isinstance(history, (str, os.PathLike)):
+        text = str(history)
+        if not text.lstrip().startswith("["):
+            with open(history) as f:
+                text = f.read()
+        history = json.loads(text)
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        raise InvalidArgument("a history is a list of event maps (coda workflow history ID "
+                              "--json)", field="history")
+    return [_plain_event(e) for e in history]
+
+
+def _plain_event(event: dict) -> dict:
+    """Raw events carry msgpack bytes; exported ones carry the decoded values. The
+    runtime takes values where it reads them (results, input, payloads)."""
+    out = dict(event)
+    for field in ("result", "input"):
+        if isinstance(out.get(field), (bytes, bytearray)):
+            out[field] = codec.unpack(bytes(out[field]))
+    return out
+
+
+def replay(workflow_fn, history, *, workflow_id: str = "replay", run_id: str = "replay"):
+    """Replay a recorded history against the current code of `workflow_fn`: raises
+    NonDeterminismError (naming both sides) if the code takes another path than the
+    history recorded. Check a change against real histories before deploying it.
+
+    Pass the run's `workflow_id` and `run_id` when the workflow uses
+    coda.context.random() or uuid4(): they seed them."""
+    definition = sdk.definition_of(workflow_fn)
+    if not isinstance(definition, sdk.WorkflowDefinition):
+        raise InvalidArgument(f"{workflow_fn!r} is not a @coda.workflow function")
+    events = load_history(history)
+    started = next((e for e in events if e.get("type") == "WorkflowExecutionStarted"), None)
+    if started is None:
+        raise InvalidArgument("the history has no WorkflowExecutionStarted event",
+                              field="history")
+    attempt = 1 + sum(1 for e in events if e.get("type") == "WorkflowAttemptFailed")
+    run = WorkflowRun(definition, dict(started.get("input") or {}),
+                      RunInfo(workflow_id, run_id, int(started.get("time_ms") or 0), attempt))
+    run.resolver = None  # every read a replay makes is in the history, or it diverged
+    commands = run.advance(events)
+    return ReplayResult(commands, run.finished)

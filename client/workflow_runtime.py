@@ -280,6 +280,8 @@ class WorkflowRun(StateAndSignals):
             else:
                 keep.append(event)
         self._unrevealed = keep
+        # Steps up to a marker re-run workflow tasks that already committed: a replay.
+        self.replaying = reveal_up_to is not None
         if self.finished:
             return
         if self._coro is None:

@@ -1,5 +1,7 @@
-"""`coda.testing`: run workflows in-process for unit tests (see coda.client.testing)."""
+"""`coda.testing`: run workflows in-process, and replay recorded histories."""
 
-from coda.client.testing import LocalRun, WorkflowFailedError, run_locally
+from coda.client.testing import (LocalRun, ReplayResult, WorkflowFailedError, load_history,
+                                 replay, run_locally)
 
-__all__ = ["LocalRun", "WorkflowFailedError", "run_locally"]
+__all__ = ["LocalRun", "ReplayResult", "WorkflowFailedError", "load_history", "replay",
+           "run_locally"]

@@ -321,6 +321,8 @@ def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
     elif kind == "FailWorkflow":
         _workflow_failed(ctx, record, _error(command.get("error")),
                          retry.validate(command.get("retry"), "retry"))
+    elif kind == "RecordMarker":
+        _record_marker(ctx, record, command)
     elif kind == "ContinueAsNew":
         continue_as_new(ctx, record, command)
     elif kind == "CancelWorkflow":
@@ -328,6 +330,16 @@ def _apply_workflow_command(ctx: c.Ctx, record: dict, command) -> None:
             "type": "CancelledError", "message": str(command.get("reason") or "cancelled")[:4096]})
     else:
         raise InvalidArgument(f"unknown workflow command {kind!r}", field="workflow_commands")
+
+
+def _record_marker(ctx: c.Ctx, record: dict, command: dict) -> None:
+    """A versioning marker (coda.context.patched): only history, read by replays."""
+    if command.get("kind") != "patch":
+        raise InvalidArgument(f"unknown marker kind {command.get('kind')!r}", field="kind")
+    patch_id = validate.identifier(command.get("patch_id"), "patch id",
+                                   limits.type_name_bytes_max)
+    c.append_history(ctx, record, {"type": "MarkerRecorded", "kind": "patch",
+                                   "patch_id": patch_id})
 
 
 def continue_as_new(ctx: c.Ctx, record: dict, command: dict) -> None:

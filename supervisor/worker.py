@@ -55,7 +55,7 @@ FINAL_COMMANDS = frozenset({"CompleteWorkflow", "FailWorkflow", "CancelWorkflow"
 # that what it emitted last time did commit; see LiveRun.extended_by).
 RECORDED_AS = {"ScheduleTask": "TaskScheduled", "StartTimer": "TimerStarted",
                "StartChildWorkflow": "ChildWorkflowScheduled", "SetState": "StateSet",
-               "SignalExternal": "SignalExternalScheduled"}
+               "SignalExternal": "SignalExternalScheduled", "RecordMarker": "MarkerRecorded"}
 READ_RECORDED_AS = {"state": "StateRead", "broadcast": "BroadcastRead"}
 
 

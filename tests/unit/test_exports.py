@@ -13,7 +13,7 @@ CONTEXT = {"spawn_task", "spawn_workflow", "sleep", "sleep_until", "wait_for", "
            # issue 5: talking to running workflows
            "set_state", "get_state", "get_broadcast", "wait_signal", "signal_workflow",
            # issue 9: long-lived workflows
-           "continue_as_new"}
+           "continue_as_new", "patched", "deprecate_patch"}
 
 
 def test_coda_exports_exactly_the_public_names():
