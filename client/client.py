@@ -231,8 +231,12 @@ class WorkflowHandle:
         run_id = self.run_id
         while True:
             polled_s = time.monotonic()
-            info = await self.client.wait_workflow(self.workflow_id, run_id,
-                                                   _poll_wait_ms(deadline_s))
+            try:
+                info = await self.client.wait_workflow(self.workflow_id, run_id,
+                                                       _poll_wait_ms(deadline_s))
+            except errors.NotFound:
+                run_id = await self._newest_of_chain(run_id, follow_runs)
+                continue
             if (follow_runs and info["status"] == model.CONTINUED_AS_NEW
                     and info["continued_as_run_id"]):
                 run_id = info["continued_as_run_id"]
@@ -250,6 +254,17 @@ class WorkflowHandle:
                 pause_s = min(pause_s, deadline_s - now_s)
             if pause_s > 0:
                 await asyncio.sleep(pause_s)
+
+    async def _newest_of_chain(self, run_id: str, follow_runs: bool) -> str:
+        """A run we wait for is gone: Flow keeps only the last closed runs of an id
+        (limits.closed_runs_per_workflow_max). If the current run continued from others,
+        the chain moved past ours: wait for the current run instead."""
+        current = await self.client.describe_workflow(self.workflow_id)
+        if not (follow_runs and run_id and current["continued_from_run_id"]):
+            raise errors.NotFound(f"workflow {self.workflow_id} has no run {run_id} any more "
+                                  "(closed runs are kept for a while, then deleted)",
+                                  workflow_id=self.workflow_id, run_id=run_id)
+        return current["run_id"]
 
     async def result(self, timeout: float | None = None):
         """The run's result once it completes (see wait_closed); raises the
@@ -556,8 +571,8 @@ class SyncWorkflowHandle:
     def describe(self) -> dict:
         return self.client._run(self._handle.describe())
 
-    def wait_closed(self, timeout: float | None = None) -> dict:
-        return self.client._run(self._handle.wait_closed(timeout))
+    def wait_closed(self, timeout: float | None = None, **kwargs) -> dict:
+        return self.client._run(self._handle.wait_closed(timeout, **kwargs))
 
     def result(self, timeout: float | None = None):
         return self.client._run(self._handle.result(timeout))

@@ -1,0 +1,179 @@
+"""Long-lived workflows (#9) on a real cluster: continue-as-new, patching across a code
+deploy, and the replay helper on a history exported from a real run.
+
+1. A workflow that continues as new 300 times: the client's handle (of the first run)
+   follows it to the last run's result; each run starts with an empty history; the
+   shard keeps at most closed_runs_per_workflow_max closed runs of the id (read from
+   LMDB after the cluster stops).
+2. A deploy: runs started on v1 (they sent an email and wait for a signal) keep their
+   branch when v2 (`patched("sms")`) replays them after v1's supervisor is gone; new runs
+   on v2 send an SMS. The history of a v1 run, exported with `coda workflow history
+   --json`, replays on v1 and v2 and raises NonDeterminismError on v3 (the SMS without
+   the patch) through coda.testing.replay.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+
+import pytest
+
+import coda
+from coda.client.workflow_runtime import NonDeterminismError
+from coda.flow import limits, model
+from cli_helpers import coda as coda_cli, ok
+from exec_helpers import wait_for, write_module
+from harness import Cluster, SupervisorProcess
+
+pytestmark = pytest.mark.cluster
+
+ITERATIONS = 300
+
+LOOP = '''
+import coda
+
+
+@coda.workflow(name="x_loop")
+async def x_loop(i, until):
+    coda.context.set_state("i", i)
+    if i < until:
+        coda.context.continue_as_new({"i": i + 1, "until": until})
+    return {"i": i}
+'''
+
+V1 = '''
+import coda
+
+
+@coda.task(name="send_email")
+def send_email():
+    return "email"
+
+
+@coda.task(name="send_sms")
+def send_sms():
+    return "sms"
+
+
+@coda.workflow(name="x_notify")
+async def x_notify():
+    sent = await coda.context.spawn_task(send_email)
+    await coda.context.wait_signal("go")
+    return sent
+'''
+
+V2 = V1.replace('''    sent = await coda.context.spawn_task(send_email)''', '''    if coda.context.patched("sms"):
+        sent = await coda.context.spawn_task(send_sms)
+    else:
+        sent = await coda.context.spawn_task(send_email)''')
+
+V3 = V1.replace('''    sent = await coda.context.spawn_task(send_email)''', '''    sent = await coda.context.spawn_task(send_sms)''')
+
+assert V1 != V2 != V3 != V1
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def load(directory, name: str):
+    """Import a test module from its file (the test process replays its workflow)."""
+    spec = importlib.util.spec_from_file_location(f"_{name}_{uuid.uuid4().hex}",
+                                                  f"{directory}/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    cluster = Cluster(str(root / "cluster"), shards=2)
+    try:
+        cluster.start()
+        cluster.wait_leaders()
+        yield cluster, root
+    finally:
+        cluster.close()
+
+
+def supervisor(cluster, root, name: str, source: str) -> SupervisorProcess:
+    module_dir = write_module(root / name, name.split("-")[0], source)
+    sup = SupervisorProcess(cluster, name.split("-")[0], root=str(root / f"{name}-run"),
+                            workers=1, module_dir=module_dir)
+    sup.start()
+    sup.wait_connected()
+    return sup
+
+
+def test_continue_as_new_many_times_follows_to_the_last_run_with_bounded_storage(cluster):
+    cluster, root = cluster
+    sup = supervisor(cluster, root, "loopflows", LOOP)
+    try:
+        with cluster.client(timeout_s=60.0) as client:
+            wid = new_id("loop")
+            handle = client.start_workflow("x_loop", {"i": 0, "until": ITERATIONS},
+                                           workflow_id=wid)
+            assert handle.result(timeout=240) == {"i": ITERATIONS}
+            # The first run is long gone (only the last closed runs are kept); a handle
+            # of it still reaches the end of the chain.
+            with pytest.raises(coda.errors.NotFound):
+                client.describe_workflow(wid, handle.run_id)
+            assert client.get_workflow_handle(wid, handle.run_id).result(timeout=30) == {
+                "i": ITERATIONS}
+            last = client.describe_workflow(wid)
+            assert last["status"] == model.COMPLETED and last["continued_from_run_id"]
+            assert last["history_length"] <= 5  # each run starts with an empty history
+            assert [e["type"] for e in client.workflow_history(wid)][0] == \
+                "WorkflowExecutionStarted"
+            assert client.get_workflow_state(wid, "i") == ITERATIONS
+            kept = last["continued_from_run_id"]
+            own_end = client.get_workflow_handle(wid, kept).wait_closed(
+                timeout=5, follow_runs=False)  # not following: this run's own end
+            assert own_end["status"] == model.CONTINUED_AS_NEW
+            assert own_end["continued_as_run_id"] == last["run_id"]
+    finally:
+        sup.close()
+    cluster.stop(0)
+    try:
+        stored = cluster.stored_runs(0)[wid]
+    finally:
+        cluster.start(0)
+        cluster.wait_leaders()
+    assert len(stored["closed_runs"]) == limits.closed_runs_per_workflow_max
+    assert len(stored["history_runs"]) == limits.closed_runs_per_workflow_max + 1
+
+
+def test_a_deploy_keeps_old_runs_on_their_branch_and_the_replay_helper_catches_a_bad_change(
+        cluster, tmp_path):
+    cluster, root = cluster
+    v1 = supervisor(cluster, root, "notify-v1", V1)
+    with cluster.client(timeout_s=60.0) as client:
+        old = [client.start_workflow("x_notify", workflow_id=new_id("old")) for _ in range(3)]
+        for handle in old:  # each sent its email and waits for the signal
+            wait_for(lambda h=handle: any(e["type"] == "TaskCompleted" for e in h.history()),
+                     30, "the email sent")
+        v1.stop()
+        exported = tmp_path / "old.json"
+        exported.write_text(ok(coda_cli("workflow", "history", old[0].workflow_id, "--json",
+                                        address=cluster.address)))
+        v2 = supervisor(cluster, root, "notify-v2", V2)
+        try:
+            new = client.start_workflow("x_notify", workflow_id=new_id("new"))
+            for handle in old + [new]:
+                handle.signal("go")
+            assert [h.result(timeout=60) for h in old] == ["email"] * 3
+            assert new.result(timeout=60) == "sms"
+            markers = [e for e in new.history() if e["type"] == "MarkerRecorded"]
+            assert [m["patch_id"] for m in markers] == ["sms"]
+            assert not any(e["type"] == "MarkerRecorded" for e in old[0].history())
+        finally:
+            v2.close()
+    dirs = {name: write_module(tmp_path / name, name, src)
+            for name, src in (("nv1", V1), ("nv2", V2), ("nv3", V3))}
+    for name in ("nv1", "nv2"):
+        result = coda.testing.replay(load(dirs[name], name).x_notify, str(exported))
+        assert result.commands == [], (name, result)
+    with pytest.raises(NonDeterminismError, match="send_sms.*send_email"):
+        coda.testing.replay(load(dirs["nv3"], "nv3").x_notify, str(exported))
