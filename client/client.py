@@ -94,6 +94,8 @@ def workflow_to_dict(info: pb.WorkflowInfo) -> dict:
         "open_tasks": info.open_tasks, "cancel_requested": info.cancel_requested,
         "continued_as_run_id": info.continued_as_run_id or None,
         "continued_from_run_id": info.continued_from_run_id or None,
+        "history_bytes": info.history_bytes,
+        "continue_as_new_suggested": info.continue_as_new_suggested,
     }
 
 

@@ -41,7 +41,7 @@ import uuid as _uuid
 from dataclasses import dataclass
 
 from coda.client.runtime_state import SIGNAL_PREFIX, StateAndSignals, state_key  # noqa: F401
-from coda.errors import CodaError, InvalidArgument, PayloadError
+from coda.errors import CodaError, InvalidArgument, LimitExceeded, PayloadError
 from coda.flow import limits
 from coda.storage import codec
 
@@ -233,6 +233,7 @@ class WorkflowRun(StateAndSignals):
         self.last_event_id = 0
         self.finished = False
         self._init_state_and_signals()
+        self._open_task_keys: set[str] = set()   # spawned tasks without an outcome yet
 
     # --- driving ---------------------------------------------------------------------------
     def advance(self, events: list[dict]) -> list[dict]:
@@ -328,6 +329,7 @@ class WorkflowRun(StateAndSignals):
         for key, future in self._futures.items():
             if key in self._results and not future.done():
                 _settle(future, self._results[key])
+                self._open_task_keys.discard(key)
 
     def _run_until_blocked(self) -> None:
         while True:
@@ -420,6 +422,12 @@ class WorkflowRun(StateAndSignals):
         self._check_matches_history(recorded, key, task_name)
         command = None
         if key not in self._results and recorded >= len(self._scheduled):
+            if len(self._open_task_keys) >= limits.open_tasks_per_run_max:
+                # Refused here, where the workflow can catch it (Flow checks it too).
+                raise LimitExceeded(f"workflow {self.info.workflow_id} has "
+                                    f"{len(self._open_task_keys)} tasks open, the limit is "
+                                    f"{limits.open_tasks_per_run_max}: await some first",
+                                    limit=limits.open_tasks_per_run_max)
             # Args that can't be sent raise here, at the call, before anything is recorded.
             command = {"type": "ScheduleTask", "key": key, "task": task_name,
                        "args": codec.encode_payload(args, what=f"args of task {task_name!r}",
@@ -430,8 +438,10 @@ class WorkflowRun(StateAndSignals):
         self._futures[key] = future
         if key in self._results:
             _settle(future, self._results[key])
-        elif command is not None:
-            self._pending_commands.append(command)
+        else:
+            self._open_task_keys.add(key)
+            if command is not None:
+                self._pending_commands.append(command)
         return future
 
     def spawn_workflow(self, workflow_type: str, args: dict, workflow_id: str | None,

@@ -8,6 +8,7 @@
     ├── AlreadyExists              e.g. a workflow id whose reuse policy forbids a new run
     ├── Aborted                    a conditional write found another version (if_version)
     ├── ResourceExhausted          a limit was hit (payload bytes, proposals in flight, ...)
+    │   └── LimitExceeded          a run's own limit (history, state keys, signals): final
     ├── NotLeader                  this replica does not lead the shard; .leader_hint
     ├── Unavailable                no leader, no quorum, node unreachable
     ├── Indeterminate              the operation may or may not have happened
@@ -36,6 +37,7 @@ CODE_NOT_FOUND = "NOT_FOUND"
 CODE_ALREADY_EXISTS = "ALREADY_EXISTS"
 CODE_ABORTED = "ABORTED"
 CODE_RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+CODE_LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 CODE_NOT_LEADER = "NOT_LEADER"
 CODE_UNAVAILABLE = "UNAVAILABLE"
 CODE_INDETERMINATE = "INDETERMINATE"
@@ -90,6 +92,13 @@ class ResourceExhausted(CodaError):
     retryable = True
 
 
+class LimitExceeded(ResourceExhausted):
+    """A workflow run reached one of its own limits (history, state keys, signals): the
+    same request fails the same way until the run changes, so it is not retried."""
+    code = CODE_LIMIT_EXCEEDED
+    retryable = False
+
+
 class NotLeader(CodaError):
     code = CODE_NOT_LEADER
     retryable = True
@@ -117,7 +126,7 @@ class Internal(CodaError):
 
 _BY_CODE = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, Aborted, ResourceExhausted, NotLeader,
+    for cls in (InvalidArgument, NotFound, AlreadyExists, Aborted, ResourceExhausted, LimitExceeded, NotLeader,
                 Unavailable, Indeterminate, Internal, ConfigError)
 }
 

@@ -105,10 +105,14 @@ def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_
 
 
 def signal_workflow(*, request_id: str, time_ms: int, workflow_id: str, run_id: str | None,
-                    name: str, payload: bytes, sender: dict | None = None) -> bytes:
-    """`sender` {workflow_id, run_id}: the workflow that sent it (through the outbox)."""
+                    name: str, payload: bytes, sender: dict | None = None,
+                    history_limit: dict | None = None) -> bytes:
+    """`sender` {workflow_id, run_id}: the workflow that sent it (through the outbox);
+    `history_limit` {events, bytes}: the cluster's, stamped by the leader."""
     body = {"request_id": request_id, "time_ms": time_ms, "workflow_id": workflow_id,
             "run_id": run_id, "name": name, "payload": payload}
+    if history_limit is not None:
+        body["history_limit"] = history_limit
     if sender is not None:
         body["sender"] = sender
     return encode(SIGNAL_WORKFLOW, body)

@@ -71,6 +71,14 @@ class NodeConfig:
     raft: RaftTiming = field(default_factory=RaftTiming)
     payload_bytes_max: int = limits.payload_bytes_default
     supervisor_lease_ms: int = limits.supervisor_lease_ms_default
+    # Every node of a cluster should say the same; the leader stamps its own into commands.
+    history_events_per_run_max: int = limits.history_events_per_run_default
+    history_bytes_per_run_max: int = limits.history_bytes_per_run_default
+
+    def history_limit(self) -> dict:
+        """What the leader stamps into commands that grow a history (flow.sm_common)."""
+        return {"events": self.history_events_per_run_max,
+                "bytes": self.history_bytes_per_run_max}
 
     @property
     def me(self) -> NodeAddress:
@@ -136,6 +144,15 @@ def validate(cfg: NodeConfig) -> NodeConfig:
             or not 500 <= cfg.supervisor_lease_ms <= 3_600_000):
         raise ConfigError("supervisor_lease_ms must be an integer in 500..3600000, got "
                           f"{cfg.supervisor_lease_ms!r}", field="supervisor_lease_ms")
+    for name, low, high in (
+            ("history_events_per_run_max", limits.history_events_per_run_min,
+             limits.history_events_per_run_max),
+            ("history_bytes_per_run_max", limits.history_bytes_per_run_min,
+             limits.history_bytes_per_run_max)):
+        value = getattr(cfg, name)
+        if type(value) is not int or not low <= value <= high:
+            raise ConfigError(f"{name} must be an integer in {low}..{high}, got {value!r}",
+                              field=name)
     return cfg
 
 
@@ -210,7 +227,8 @@ def read_toml(path: str) -> dict:
 
 def from_mapping(raw: dict, origin: str = "config") -> NodeConfig:
     known = {"node_id", "data_dir", "shards", "secret", "secret_file", "nodes", "raft",
-             "payload_bytes_max", "supervisor_lease_ms"}
+             "payload_bytes_max", "supervisor_lease_ms", "history_events_per_run_max",
+             "history_bytes_per_run_max"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}", field=unknown[0])
@@ -238,7 +256,11 @@ def from_mapping(raw: dict, origin: str = "config") -> NodeConfig:
                      shards=raw.get("shards", 0), secret=secret, nodes=nodes, raft=timing,
                      payload_bytes_max=raw.get("payload_bytes_max", limits.payload_bytes_default),
                      supervisor_lease_ms=raw.get("supervisor_lease_ms",
-                                                 limits.supervisor_lease_ms_default))
+                                                 limits.supervisor_lease_ms_default),
+                     history_events_per_run_max=raw.get(
+                         "history_events_per_run_max", limits.history_events_per_run_default),
+                     history_bytes_per_run_max=raw.get(
+                         "history_bytes_per_run_max", limits.history_bytes_per_run_default))
     return validate(cfg)
 
 
@@ -248,6 +270,8 @@ def to_mapping(cfg: NodeConfig) -> dict:
         "node_id": cfg.node_id, "data_dir": cfg.data_dir, "shards": cfg.shards,
         "secret": cfg.secret, "payload_bytes_max": cfg.payload_bytes_max,
         "supervisor_lease_ms": cfg.supervisor_lease_ms,
+        "history_events_per_run_max": cfg.history_events_per_run_max,
+        "history_bytes_per_run_max": cfg.history_bytes_per_run_max,
         "nodes": [dataclasses.asdict(n) for n in cfg.nodes],
         "raft": dataclasses.asdict(cfg.raft),
     }

@@ -291,6 +291,8 @@ class ShardDispatcher:
 
     # --- effects and waiters -------------------------------------------------------------
     def on_effects(self, effects: dict) -> None:
+        if effects.get("history_warnings"):
+            metrics.history_warnings.labels(str(self.shard)).inc(len(effects["history_warnings"]))
         for name, version, found, value, updated_ms in effects.get("broadcast", ()):
             self.broadcast_watchers.publish(name, version, found, value, updated_ms)
         for workflow_id in effects.get("closed", ()):

@@ -57,7 +57,18 @@ list_scan_records_max = 20_000
 page_token_bytes_max = 16 * KIB
 
 # --- execution ---------------------------------------------------------------------------
-history_events_per_run_max = 50_000
+# History of one run: events and encoded bytes. The cluster's settings (config
+# history_events_per_run_max / history_bytes_per_run_max) go up to the hard caps; the
+# leader stamps them into the commands that grow a history, so replicas agree. A run at
+# its limit is failed at its next workflow task (HistoryLimitExceeded); from
+# history_warning_percent of either, describe suggests continue-as-new.
+history_events_per_run_default = 50_000
+history_events_per_run_max = 200_000
+history_events_per_run_min = 100
+history_bytes_per_run_default = 64 * MIB
+history_bytes_per_run_max = 1024 * MIB
+history_bytes_per_run_min = 64 * KIB
+history_warning_percent = 80
 # Closed runs kept per workflow id (describe/history by run id); older ones are deleted
 # with their history, tasks and state when another run closes.
 closed_runs_per_workflow_max = 20
@@ -135,6 +146,9 @@ assert payload_bytes_default <= payload_bytes_max
 assert workflow_id_bytes_max + type_name_bytes_max + request_id_bytes_max < command_envelope_bytes_max
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + task_key_bytes_max <= lmdb_key_bytes_max
 assert supervisor_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max
+assert history_events_per_run_min <= history_events_per_run_default <= history_events_per_run_max
+assert history_bytes_per_run_min <= history_bytes_per_run_default <= history_bytes_per_run_max
+assert 0 < history_warning_percent < 100
 assert 8 + 1 + workflow_id_bytes_max + 1 + 32 <= lmdb_key_bytes_max  # timers
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + state_key_bytes_max <= lmdb_key_bytes_max
 assert broadcast_name_bytes_max <= lmdb_key_bytes_max

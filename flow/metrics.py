@@ -23,6 +23,9 @@ proposals_in_flight = Gauge("coda_shard_proposals_in_flight",
                             "Commands proposed by this leader and not yet answered", ["shard"])
 leader_changes = Counter("coda_shard_leader_changes", "Times the replica saw a new leader",
                          ["shard"])
+history_warnings = Counter("coda_shard_history_warnings",
+                           "Runs whose history passed the warning share of its limit "
+                           "(continue-as-new suggested)", ["shard"])
 snapshot_installs = Counter("coda_shard_snapshot_installs",
                             "Snapshots loaded into LMDB (from a leader or at start-up)",
                             ["shard"])
@@ -59,7 +62,7 @@ grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by m
 PER_SHARD = (raft_role, raft_term, commit_index, applied_index, log_entries, has_quorum,
              proposals_in_flight, leader_changes, snapshot_installs, snapshots_written,
              apply_batch_entries, apply_batch_seconds, read_barriers, dispatched,
-             supervisors_expired, supervisor_sessions)
+             supervisors_expired, supervisor_sessions, history_warnings)
 
 
 def init_shard(shard_label: str) -> None:

@@ -151,7 +151,9 @@ def workflow_info(record: dict, shard: int) -> pb.WorkflowInfo:
         open_tasks=record.get("open_tasks", 0),
         cancel_requested=bool(record.get("cancel_requested")),
         continued_as_run_id=record.get("continued_as") or "",
-        continued_from_run_id=record.get("continued_from") or "")
+        continued_from_run_id=record.get("continued_from") or "",
+        history_bytes=record.get("history_bytes", 0),
+        continue_as_new_suggested=bool(record.get("continue_as_new_suggested")))
 
 
 class Router:

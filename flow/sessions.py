@@ -107,7 +107,7 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
                 elif kind == "completions":
                     task = asyncio.create_task(
                         _complete(dispatcher, session, message.completions.completions,
-                                  self.cfg.payload_bytes_max))
+                                  self.cfg.payload_bytes_max, self.cfg.history_limit()))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
         except asyncio.CancelledError:
@@ -120,13 +120,13 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
 
 
 async def _complete(dispatcher: ShardDispatcher, session, completions,
-                    payload_bytes_max: int) -> None:
+                    payload_bytes_max: int, history_limit: dict) -> None:
     """Commit each completion; ack what committed, reject what was stale or malformed.
     A completion whose outcome is unknown gets neither: the supervisor resends it."""
     replica = dispatcher.replica
     batch = list(completions)[:limits.completions_per_message_max]
-    results = await asyncio.gather(*(_complete_one(replica, c, payload_bytes_max)
-                                     for c in batch))
+    results = await asyncio.gather(*(_complete_one(replica, c, payload_bytes_max,
+                                                   history_limit) for c in batch))
     acks = pb.CompletionAcks()
     label = str(replica.shard)
     for completion, (outcome, reason) in zip(batch, results):
@@ -142,7 +142,8 @@ async def _complete(dispatcher: ShardDispatcher, session, completions,
         session.send(pb.FlowMessage(acks=acks))
 
 
-async def _complete_one(replica, completion, payload_bytes_max: int) -> tuple[str, object]:
+async def _complete_one(replica, completion, payload_bytes_max: int,
+                        history_limit: dict) -> tuple[str, object]:
     try:
         validate.request_id(completion.request_id)
         kind = completion.WhichOneof("outcome")
@@ -159,15 +160,40 @@ async def _complete_one(replica, completion, payload_bytes_max: int) -> tuple[st
         else:
             raise InvalidArgument("a completion needs a result, a failure or commands",
                                   field="outcome")
-        ok = await replica.propose(commands.complete(
-            time_ms=now_ms(), request_id=completion.request_id,
-            workflow_id=completion.workflow_id, run_id=completion.run_id,
-            key=completion.task_key, attempt=completion.attempt, outcome=outcome))
+        ok = await _propose_completion(replica, completion, dict(
+            outcome, history_limit=history_limit))
     except CodaError as exc:
+        refused = isinstance(exc, InvalidArgument) or (exc.definite and not exc.retryable)
+        if refused and completion.WhichOneof("outcome") == "workflow_commands":
+            # Commands the shard refuses (over a limit, malformed) would leave the
+            # workflow task running for ever: it fails instead, retried with backoff and
+            # shown in describe, like any workflow task failure.
+            return await _fail_refused_workflow_task(replica, completion, exc)
         # A malformed or refused completion is final; an unknown outcome is resent.
-        if isinstance(exc, InvalidArgument) or (exc.definite and not exc.retryable):
+        if refused:
             return "rejected", f"{exc.code}: {exc.message}"
         return "error", exc
+    if "rejected" in ok:
+        return "rejected", ok["rejected"]
+    return "accepted", None
+
+
+async def _propose_completion(replica, completion, outcome: dict, suffix: str = "") -> dict:
+    return await replica.propose(commands.complete(
+        time_ms=now_ms(), request_id=completion.request_id + suffix,
+        workflow_id=completion.workflow_id, run_id=completion.run_id,
+        key=completion.task_key, attempt=completion.attempt, outcome=outcome))
+
+
+async def _fail_refused_workflow_task(replica, completion, exc: CodaError):
+    failure = {"type": type(exc).__name__, "non_retryable": False,
+               "message": f"Flow refused this workflow task's commands: {exc.message}"[:8192]}
+    try:
+        ok = await _propose_completion(replica, completion, {"failure": failure}, "/refused")
+    except CodaError as second:
+        if second.definite and not second.retryable:
+            return "rejected", f"{second.code}: {second.message}"
+        return "error", second
     if "rejected" in ok:
         return "rejected", ok["rejected"]
     return "accepted", None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coda.flow import model
+from coda.flow import limits, model
 from coda.storage import codec, keys
 from coda.storage.txn import Txn
 
@@ -44,6 +44,7 @@ class Ctx:
     closed: list = field(default_factory=list)       # workflow ids whose run closed
     cancel: list = field(default_factory=list)       # [supervisor, wid, run, key, attempt]
     broadcast: list = field(default_factory=list)    # [name, version, found, value, updated_ms]
+    history_warnings: list = field(default_factory=list)  # workflow ids nearing the limit
 
     def effects(self) -> dict:
         out = {}
@@ -53,6 +54,8 @@ class Ctx:
             out["cancel"] = self.cancel
         if self.broadcast:
             out["broadcast"] = self.broadcast
+        if self.history_warnings:
+            out["history_warnings"] = self.history_warnings
         return out
 
 
@@ -78,10 +81,29 @@ def current_run(txn: Txn, workflow_id: str, run_id: str) -> dict | None:
 def append_history(ctx: Ctx, record: dict, event: dict) -> int:
     record["history_length"] += 1
     event_id = record["history_length"]
-    event = dict(event, event_id=event_id, time_ms=ctx.time_ms)
+    data = codec.pack(dict(event, event_id=event_id, time_ms=ctx.time_ms))
+    record["history_bytes"] = record.get("history_bytes", 0) + len(data)
     ctx.txn.put(keys.HISTORY, keys.history_key(record["workflow_id"], record["run_id"], event_id),
-                codec.pack(event))
+                data)
     return event_id
+
+
+def history_limits(body: dict) -> tuple[int, int]:
+    """(events, bytes) a command carries as its run's history limits (the cluster's
+    settings, stamped by the leader), clamped to the hard caps; defaults if absent."""
+    stamped = body.get("history_limit")
+    stamped = stamped if isinstance(stamped, dict) else {}
+    events, size = stamped.get("events"), stamped.get("bytes")
+    events = events if type(events) is int else limits.history_events_per_run_default
+    size = size if type(size) is int else limits.history_bytes_per_run_default
+    return (min(max(events, limits.history_events_per_run_min), limits.history_events_per_run_max),
+            min(max(size, limits.history_bytes_per_run_min), limits.history_bytes_per_run_max))
+
+
+def history_full(record: dict, history_limit: tuple[int, int], percent: int = 100) -> bool:
+    events, size = history_limit
+    return (record["history_length"] * 100 >= events * percent
+            or record.get("history_bytes", 0) * 100 >= size * percent)
 
 
 def past_retry_deadline(record: dict, retry_at_ms: int) -> bool:

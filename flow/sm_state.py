@@ -24,7 +24,7 @@ carries the `broadcast` effect: the leader pushes the new version to its watcher
 
 from __future__ import annotations
 
-from coda.errors import Aborted, InvalidArgument, NotFound, ResourceExhausted
+from coda.errors import Aborted, InvalidArgument, LimitExceeded, NotFound, ResourceExhausted
 from coda.flow import limits, model, validate
 from coda.flow import sm_common as c
 from coda.flow import sm_children
@@ -65,7 +65,7 @@ def set_state(ctx: c.Ctx, record: dict, command: dict) -> None:
     row = keys.state_key(record["workflow_id"], record["run_id"], key)
     if ctx.txn.get(keys.STATE, row) is None:
         if record.get("state_keys", 0) >= limits.state_keys_per_run_max:
-            raise ResourceExhausted(
+            raise LimitExceeded(
                 f"workflow {record['workflow_id']!r} already has {limits.state_keys_per_run_max} "
                 "state keys, the limit", workflow_id=record["workflow_id"],
                 limit=limits.state_keys_per_run_max)
@@ -119,9 +119,14 @@ def signal(ctx: c.Ctx, body: dict) -> dict:
         raise NotFound(f"workflow {workflow_id!r} run {run_id} is not running (its current run "
                        f"{record['run_id']} is {record['status']}): signals go only to running "
                        "runs", workflow_id=workflow_id, run_id=run_id, status=record["status"])
+    if c.history_full(record, c.history_limits(body)):
+        raise LimitExceeded(f"workflow {workflow_id!r} run {record['run_id']} has a full "
+                                f"history ({record['history_length']} events): no more "
+                                "signals; it should continue as new",
+                                workflow_id=workflow_id)
     count = record.get("signals", 0)
     if count >= limits.signals_per_run_max:
-        raise ResourceExhausted(f"workflow {workflow_id!r} has received "
+        raise LimitExceeded(f"workflow {workflow_id!r} has received "
                                 f"{limits.signals_per_run_max} signals, the limit per run",
                                 workflow_id=workflow_id, limit=limits.signals_per_run_max)
     record["signals"] = count + 1

@@ -114,7 +114,7 @@ def complete(ctx: c.Ctx, body: dict) -> dict:
         if record is None:
             return {"rejected": why}
         if "commands" in body:
-            sm_workflows.complete_wft(ctx, record, body["commands"])
+            sm_workflows.complete_wft(ctx, record, body["commands"], c.history_limits(body))
         else:
             sm_workflows.fail_wft(ctx, record, _failure(body.get("failure")))
         return {"accepted": True}

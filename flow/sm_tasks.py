@@ -13,7 +13,7 @@ dead can't overwrite the result of its retry). A terminal task event wakes the w
 
 from __future__ import annotations
 
-from coda.errors import InvalidArgument
+from coda.errors import InvalidArgument, LimitExceeded
 from coda.flow import limits, retry, validate
 from coda.flow import sm_common as c
 from coda.storage import keys
@@ -49,8 +49,8 @@ def schedule(ctx: c.Ctx, record: dict, command: dict) -> None:
     if c.load_task(ctx.txn, wid, run_id, key) is not None:
         return  # scheduled before (the same cache_key again): one task, one result
     if record.get("open_tasks", 0) >= limits.open_tasks_per_run_max:
-        raise InvalidArgument(f"workflow {wid} has {record['open_tasks']} open tasks, the "
-                              f"limit is {limits.open_tasks_per_run_max}", field="tasks")
+        raise LimitExceeded(f"workflow {wid} has {record['open_tasks']} open tasks, the "
+                            f"limit is {limits.open_tasks_per_run_max}", field="tasks")
     c.append_history(ctx, record, {"type": "TaskScheduled", "key": key, "task": name})
     task = {"workflow_id": wid, "run_id": run_id, "key": key, "task": name, "args": args,
             "retry": policy, "timeouts_ms": timeouts, "attempt": 0, "status": c.QUEUED,

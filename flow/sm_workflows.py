@@ -277,13 +277,19 @@ def _end_wft(ctx: c.Ctx, record: dict) -> None:
     record["wft"] = None
 
 
-def complete_wft(ctx: c.Ctx, record: dict, commands: list) -> None:
-    """Apply a workflow task's commands, after the marker of what it saw."""
+def complete_wft(ctx: c.Ctx, record: dict, commands: list,
+                 history_limit: tuple[int, int] | None = None) -> None:
+    """Apply a workflow task's commands, after the marker of what it saw. A run whose
+    history reached its limit is failed instead (HistoryLimitExceeded)."""
     if not isinstance(commands, list) or len(commands) > limits.workflow_task_commands_max:
         raise InvalidArgument(f"workflow commands must be a list of at most "
                               f"{limits.workflow_task_commands_max}", field="workflow_commands")
+    history_limit = history_limit or c.history_limits({})
     seen = record["wft"]["seen"]
     _end_wft(ctx, record)
+    if c.history_full(record, history_limit):
+        _history_limit_exceeded(ctx, record, history_limit)
+        return
     record["wft_failures"] = 0
     record["wft_failure"] = None
     c.append_history(ctx, record, {"type": "WorkflowTaskCompleted", "seen_event_id": seen,
@@ -294,7 +300,29 @@ def complete_wft(ctx: c.Ctx, record: dict, commands: list) -> None:
         _apply_workflow_command(ctx, record, command)
     if record["status"] == model.CONTINUED_AS_NEW:
         return  # the record went to `runs`; the new run's record is the current one
+    _note_history_size(ctx, record, history_limit)
     wake(ctx, record)
+    c.save_workflow(ctx.txn, record)
+
+
+def _note_history_size(ctx: c.Ctx, record: dict, history_limit: tuple[int, int]) -> None:
+    """From history_warning_percent of its limit a run is told (describe, metrics) to
+    continue as new."""
+    if not record.get("continue_as_new_suggested") and c.history_full(
+            record, history_limit, limits.history_warning_percent):
+        record["continue_as_new_suggested"] = True
+        ctx.history_warnings.append(record["workflow_id"])
+
+
+def _history_limit_exceeded(ctx: c.Ctx, record: dict, history_limit: tuple[int, int]) -> None:
+    events, size = history_limit
+    close(ctx, record, model.FAILED, failure={
+        "type": "HistoryLimitExceeded",
+        "message": f"workflow {record['workflow_id']} run {record['run_id']} has "
+                   f"{record['history_length']} history events / "
+                   f"{record.get('history_bytes', 0)} bytes; the limit is {events} events / "
+                   f"{size} bytes. A workflow that runs this long should continue as new "
+                   "(coda.context.continue_as_new) before it gets there"})
     c.save_workflow(ctx.txn, record)
 
 

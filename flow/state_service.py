@@ -82,7 +82,8 @@ class StateRpcs:
             self.router.shard_of(workflow_id), request, context, "SignalWorkflow",
             lambda request_id: commands.signal_workflow(
                 request_id=request_id, time_ms=int(time.time() * 1000),
-                workflow_id=workflow_id, run_id=run_id, name=name, payload=payload),
+                workflow_id=workflow_id, run_id=run_id, name=name, payload=payload,
+                history_limit=self.cfg.history_limit()),
             lambda ok: pb.SignalWorkflowResponse(run_id=ok["run_id"]))
 
     async def get_workflow_state(self, request, context):

@@ -23,6 +23,7 @@ STATUS_BY_CODE = {
     errors.CODE_ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     errors.CODE_ABORTED: grpc.StatusCode.ABORTED,
     errors.CODE_RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.CODE_LIMIT_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.CODE_NOT_LEADER: grpc.StatusCode.FAILED_PRECONDITION,
     errors.CODE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     errors.CODE_INDETERMINATE: grpc.StatusCode.UNKNOWN,

@@ -351,7 +351,7 @@ class DescribeWorkflowRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class WorkflowInfo(_message.Message):
-    __slots__ = ("workflow_id", "run_id", "workflow_type", "status", "start_time_ms", "close_time_ms", "attempt", "history_length", "shard", "result", "failure", "queued_on", "workflow_task_failure", "open_tasks", "cancel_requested", "continued_as_run_id", "continued_from_run_id")
+    __slots__ = ("workflow_id", "run_id", "workflow_type", "status", "start_time_ms", "close_time_ms", "attempt", "history_length", "shard", "result", "failure", "queued_on", "workflow_task_failure", "open_tasks", "cancel_requested", "continued_as_run_id", "continued_from_run_id", "history_bytes", "continue_as_new_suggested")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +369,8 @@ class WorkflowInfo(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     CONTINUED_AS_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CONTINUED_FROM_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONTINUE_AS_NEW_SUGGESTED_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     run_id: str
     workflow_type: str
@@ -386,7 +388,9 @@ class WorkflowInfo(_message.Message):
     cancel_requested: bool
     continued_as_run_id: str
     continued_from_run_id: str
-    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ..., workflow_task_failure: _Optional[str] = ..., open_tasks: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., continued_as_run_id: _Optional[str] = ..., continued_from_run_id: _Optional[str] = ...) -> None: ...
+    history_bytes: int
+    continue_as_new_suggested: bool
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ..., workflow_task_failure: _Optional[str] = ..., open_tasks: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., continued_as_run_id: _Optional[str] = ..., continued_from_run_id: _Optional[str] = ..., history_bytes: _Optional[int] = ..., continue_as_new_suggested: _Optional[bool] = ...) -> None: ...
 
 class DescribeWorkflowResponse(_message.Message):
     __slots__ = ("workflow",)
