@@ -58,7 +58,8 @@ def free_port_block(count: int, rng: random.Random) -> int:
 class Cluster:
     def __init__(self, root: str, *, nodes: int = 3, shards: int = 4, raft: dict | None = None,
                  seed: int | None = None, hosts: list[str] | None = None, wrap=None,
-                 payload_bytes_max: int | None = None, supervisor_lease_ms: int | None = None):
+                 payload_bytes_max: int | None = None, supervisor_lease_ms: int | None = None,
+                 settings: dict | None = None):
         """hosts: one address per node (default loopback); wrap(i, argv) -> argv lets a
         test launch node i differently (e.g. `ip netns exec NS` + argv);
         payload_bytes_max: the cluster's payload limit (default: the server's)."""
@@ -79,6 +80,7 @@ class Cluster:
         self.raft = dict(raft or {})
         self.payload_bytes_max = payload_bytes_max
         self.supervisor_lease_ms = supervisor_lease_ms
+        self.settings = dict(settings or {})  # more config settings, e.g. history limits
         self.procs: list[subprocess.Popen | None] = [None] * nodes
         self.config_paths = [self._write_config(i) for i in range(nodes)]
 
@@ -91,6 +93,7 @@ class Cluster:
             mapping["payload_bytes_max"] = self.payload_bytes_max
         if self.supervisor_lease_ms is not None:
             mapping["supervisor_lease_ms"] = self.supervisor_lease_ms
+        mapping.update(self.settings)
         return mapping
 
     def _write_config(self, i: int) -> str:

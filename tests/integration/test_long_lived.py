@@ -29,6 +29,22 @@ from harness import Cluster, SupervisorProcess
 pytestmark = pytest.mark.cluster
 
 ITERATIONS = 300
+HISTORY_EVENTS_MAX = 200   # the cluster's setting here: small, so the limit is reached
+
+CHATTY = '''
+import coda
+
+
+@coda.task(name="x_inc")
+def x_inc(n):
+    return n + 1
+
+
+@coda.workflow(name="x_chatty")
+async def x_chatty(n):
+    while True:
+        n = await coda.context.spawn_task(x_inc, args={"n": n})
+'''
 
 LOOP = '''
 import coda
@@ -89,7 +105,8 @@ def load(directory, name: str):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("long")
-    cluster = Cluster(str(root / "cluster"), shards=2)
+    cluster = Cluster(str(root / "cluster"), shards=2,
+                      settings={"history_events_per_run_max": HISTORY_EVENTS_MAX})
     try:
         cluster.start()
         cluster.wait_leaders()
@@ -177,3 +194,30 @@ def test_a_deploy_keeps_old_runs_on_their_branch_and_the_replay_helper_catches_a
         assert result.commands == [], (name, result)
     with pytest.raises(NonDeterminismError, match="send_sms.*send_email"):
         coda.testing.replay(load(dirs["nv3"], "nv3").x_notify, str(exported))
+
+
+def test_a_run_past_its_history_limit_fails_clearly_and_was_told_before(cluster):
+    """A workflow that never continues as new: describe suggests it from 80% of the
+    cluster's limit, and at the limit the run fails HistoryLimitExceeded (a continue-as-
+    new loop under the same limit, above, never gets there)."""
+    cluster, root = cluster
+    sup = supervisor(cluster, root, "chattyflows", CHATTY)
+    try:
+        with cluster.client(timeout_s=60.0) as client:
+            handle = client.start_workflow("x_chatty", {"n": 0}, workflow_id=new_id("chatty"))
+            suggested = wait_for(lambda: (lambda d: d if d["continue_as_new_suggested"]
+                                          else None)(handle.describe()), 60,
+                                 "continue-as-new suggested", poll_s=0.05)
+            assert suggested["history_length"] >= HISTORY_EVENTS_MAX * 8 // 10
+            with pytest.raises(coda.WorkflowFailedError, match="HistoryLimitExceeded"):
+                handle.result(timeout=60)
+            closed = handle.describe()
+            assert f"the limit is {HISTORY_EVENTS_MAX} events" in closed["failure"]
+            assert HISTORY_EVENTS_MAX <= closed["history_length"] <= HISTORY_EVENTS_MAX + 5
+            with pytest.raises(coda.errors.NotFound):  # closed: no signals either
+                handle.signal("late")
+    finally:
+        sup.close()
+    shard = str(cluster.shard_of(handle.workflow_id))  # counted by whichever node led it
+    assert sum(cluster.metric(i, "coda_shard_history_warnings_total", shard=shard)
+               for i in range(3)) >= 1
