@@ -53,6 +53,9 @@ PATCHED_LIMITS = {
     "request_dedup_prune_per_command_max": 2,
     "payload_bytes_max": 256,
     "command_bytes_max": 4096,
+    # A few runs of one id are kept, so the model's retention (the oldest closed run of
+    # an id goes) is exercised.
+    "closed_runs_per_workflow_max": 1,
 }
 
 # LMDB's compiled-in key size limit; the longest key holding a workflow id is a history
@@ -143,6 +146,10 @@ def model_start(m: Model, body: dict) -> dict:
         if closed["status"] == model.RUNNING:
             closed.update(status=model.TERMINATED, close_time_ms=time_ms)
         m.runs[(workflow_id, current["run_id"])] = closed
+        kept = [(r["close_time_ms"] or 0, run_id) for (w, run_id), r in m.runs.items()
+                if w == workflow_id]
+        if len(kept) > limits.closed_runs_per_workflow_max:  # the oldest closed run goes
+            del m.runs[(workflow_id, min(kept)[1])]
     m.workflows[workflow_id] = {
         "run_id": body["run_id"], "workflow_type": body["workflow_type"],
         "request_id": request_id, "status": model.RUNNING, "start_time_ms": time_ms,
@@ -181,6 +188,8 @@ def path_taken(before: Model, after: Model, request_id, expected: dict) -> str:
         return pruned + "answered from the dedup table"
     if expected["ok"].get("started") is False:
         return pruned + "dedup entry expired, same run"
+    if set(before.runs) - set(after.runs):
+        return pruned + "terminated the running run, deleted the oldest closed one"
     if len(after.runs) > len(before.runs):
         return pruned + "terminated the running run"
     return pruned + "applied"
@@ -684,6 +693,7 @@ def test_shard_state_machine_matches_model(monkeypatch):
     must_run = {
         "start_workflow: applied", "start_workflow: ALREADY_EXISTS",
         "start_workflow: terminated the running run",
+        "start_workflow: terminated the running run, deleted the oldest closed one",
         "start_workflow: answered from the dedup table",
         "start_workflow: dedup entry expired, same run", "barrier: no request id",
         "barrier: answered from the dedup table", "crash lost entries", "restart",
