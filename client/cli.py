@@ -213,7 +213,8 @@ def workflow_describe(ctx: Ctx, workflow_id, run_id):
     """Status and details of a workflow's current (or given) run."""
     def human(w):
         for key in ("workflow_id", "run_id", "workflow_type", "status", "attempt",
-                    "history_length", "shard", "queued_on", "result", "failure"):
+                    "history_length", "shard", "build_id", "queued_on", "result", "failure",
+                    "continue_as_new_suggested"):
             click.echo(f"{key:15s} {w[key] if w[key] is not None else '-'}")
         click.echo(f"{'started':15s} {_time(w['start_time_ms'])}")
         click.echo(f"{'closed':15s} {_time(w['close_time_ms'])}")
@@ -296,15 +297,18 @@ def workflow_result_command(ctx: Ctx, workflow_id, run_id, wait_timeout_s, local
 @click.option("--page-size", type=int, default=100, show_default=True)
 @click.option("--page-token", default="", help="Continue from a previous page.")
 @click.option("--all", "fetch_all", is_flag=True, help="Follow page tokens to the end.")
+@click.option("--build-id", "build_ids", multiple=True,
+              help="Runs pinned to this build (repeatable): what an old build still runs.")
 @click.pass_obj
-def workflow_list(ctx: Ctx, statuses, types, page_size, page_token, fetch_all):
+def workflow_list(ctx: Ctx, statuses, types, page_size, page_token, fetch_all, build_ids):
     """Workflows across all shards, ordered by id."""
     items: list[dict] = []
     token = page_token.encode()
     with ctx.client() as client:
         while True:
             page, token = _run(lambda: client.list_workflows(
-                statuses=statuses, workflow_types=types, page_size=page_size, page_token=token))
+                statuses=statuses, workflow_types=types, page_size=page_size, page_token=token,
+                build_ids=build_ids))
             items += page
             if not (fetch_all and token):
                 break

@@ -96,6 +96,7 @@ def workflow_to_dict(info: pb.WorkflowInfo) -> dict:
         "continued_from_run_id": info.continued_from_run_id or None,
         "history_bytes": info.history_bytes,
         "continue_as_new_suggested": info.continue_as_new_suggested,
+        "build_id": info.build_id or None,
     }
 
 
@@ -522,10 +523,12 @@ class Client(ScheduleMethods):
             run_id, after_event_id = answer.run_id, page[-1]["event_id"]
 
     async def list_workflows(self, *, statuses=(), workflow_types=(), page_size: int = 0,
-                             page_token: bytes = b"") -> tuple[list[dict], bytes]:
+                             page_token: bytes = b"", build_ids=()) -> tuple[list[dict], bytes]:
+        """One page of workflows (current runs) matching every filter given; `build_ids`:
+        runs pinned to one of these builds (which runs still need an old build)."""
         answer = await self._call("ListWorkflows", pb.ListWorkflowsRequest(
             statuses=list(statuses), workflow_types=list(workflow_types), page_size=page_size,
-            page_token=page_token), retry_indeterminate=True)
+            page_token=page_token, build_ids=list(build_ids)), retry_indeterminate=True)
         return [workflow_to_dict(w) for w in answer.workflows], bytes(answer.next_page_token)
 
     async def iter_workflows(self, **filters):

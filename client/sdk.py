@@ -102,6 +102,13 @@ class WorkflowDefinition:
     fn: object
     retry: RetryPolicy
     execution_timeout_s: float | None
+    versioning: str = "pinned"
+
+
+# How a workflow type's runs meet new code (docs/long-lived-workflows.md): "pinned" runs
+# stay on the build they started on; "auto_upgrade" runs go to any build (guard changes
+# with coda.context.patched).
+VERSIONING = ("pinned", "auto_upgrade")
 
 
 DEFINITION_ATTR = "__coda_definition__"
@@ -135,8 +142,13 @@ def task(name: str | None = None, *, retry: RetryPolicy | None = None,
 
 
 def workflow(name: str | None = None, *, retry: RetryPolicy | None = None,
-             execution_timeout: float | None = None):
-    """Declare a workflow: an `async def` whose awaits go through `coda.context`."""
+             execution_timeout: float | None = None, versioning: str = "pinned"):
+    """Declare a workflow: an `async def` whose awaits go through `coda.context`.
+    versioning: "pinned" (default; a run stays on the build it started on) or
+    "auto_upgrade" (a run moves to new builds; guard changes with coda.context.patched)."""
+    if versioning not in VERSIONING:
+        raise InvalidArgument(f"versioning must be one of {', '.join(VERSIONING)}, got "
+                              f"{versioning!r}", field="versioning")
     def decorate(fn):
         if not inspect.iscoroutinefunction(fn):
             raise InvalidArgument(f"workflow {fn.__name__} must be an async function",
@@ -146,7 +158,7 @@ def workflow(name: str | None = None, *, retry: RetryPolicy | None = None,
             raise InvalidArgument("retry must be a coda.RetryPolicy", field="retry")
         setattr(fn, DEFINITION_ATTR, WorkflowDefinition(
             workflow_name, fn, retry or RetryPolicy(),
-            _timeout(execution_timeout, "execution_timeout")))
+            _timeout(execution_timeout, "execution_timeout"), versioning))
         return fn
     return decorate
 

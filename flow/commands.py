@@ -157,10 +157,12 @@ def close_request(kind: str, *, request_id: str, time_ms: int, workflow_id: str,
 
 
 def register_supervisor(*, time_ms: int, supervisor_id: str, build_id: str,
-                        workflow_types: list, task_types: list, running: list) -> bytes:
+                        workflow_types: list, task_types: list, running: list,
+                        upgradable_workflow_types: list = ()) -> bytes:
     return encode(REGISTER_SUPERVISOR, {
         "time_ms": time_ms, "supervisor_id": supervisor_id, "build_id": build_id,
-        "workflow_types": workflow_types, "task_types": task_types, "running": running})
+        "workflow_types": workflow_types, "task_types": task_types, "running": running,
+        "upgradable_workflow_types": list(upgradable_workflow_types)})
 
 
 def expire_supervisor(*, time_ms: int, supervisor_id: str) -> bytes:

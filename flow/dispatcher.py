@@ -74,8 +74,11 @@ class Session:
             self.open = False
 
 
-def queues_of(workflow_types, task_types) -> tuple[str, ...]:
-    return tuple([keys.workflow_queue_name(t) for t in workflow_types]
+def queues_of(workflow_types, task_types, build_id: str = "") -> tuple[str, ...]:
+    """The durable queues a supervisor takes from: its runs pinned to its build first,
+    then unpinned workflow tasks, then tasks (any build runs any task)."""
+    pinned = [keys.workflow_queue_name(t, build_id) for t in workflow_types] if build_id else []
+    return tuple(pinned + [keys.workflow_queue_name(t) for t in workflow_types]
                  + [keys.task_queue_name(t) for t in task_types])
 
 

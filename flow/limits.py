@@ -77,6 +77,10 @@ workflow_task_commands_max = 1000
 open_tasks_per_run_max = 10_000
 task_key_bytes_max = 64  # the runtime makes them: '#n' or 'c:' + hex digest
 supervisor_id_bytes_max = 128
+# A supervisor's build id (its code version): inside queue names of pinned runs.
+build_id_bytes_max = 128
+# Builds remembered per workflow type (the newest first-seen is where new runs go).
+builds_per_type_max = 64
 types_per_supervisor_max = 1000
 # Items one assign / fire_timers / register command carries.
 assign_items_max = 256
@@ -136,6 +140,7 @@ history_page_size_max = 10_000
 
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + 8 <= lmdb_key_bytes_max
 assert len("task/") + type_name_bytes_max + 1 + 8 <= lmdb_key_bytes_max
+assert len("wf/") + type_name_bytes_max + 1 + build_id_bytes_max + 1 + 8 <= lmdb_key_bytes_max
 assert 8 + 1 + request_id_bytes_max <= lmdb_key_bytes_max
 assert command_bytes_max > payload_bytes_max
 assert grpc_message_bytes_max > command_bytes_max

@@ -20,8 +20,10 @@ from coda.storage import codec
 TOKEN_VERSION = 1
 
 
-def filter_fingerprint(statuses, types) -> str:
+def filter_fingerprint(statuses, types, builds=()) -> str:
     text = "|".join(sorted(statuses)) + "#" + "|".join(sorted(types))
+    if builds:
+        text += "@" + "|".join(sorted(builds))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

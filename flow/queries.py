@@ -28,7 +28,8 @@ def describe(txn: Txn, workflow_id: str, run_id: str | None = None) -> dict:
 
 
 def list_page(txn: Txn, *, after: str, statuses: tuple[str, ...], types: tuple[str, ...],
-              page_size: int, scan_max: int = limits.list_scan_records_max) -> dict:
+              page_size: int, scan_max: int = limits.list_scan_records_max,
+              builds: tuple[str, ...] = ()) -> dict:
     """Current runs with workflow id > `after` matching the filters, in id order.
 
     Returns {"items": [...], "resume_after": key or None, "exhausted": bool}: every match
@@ -47,6 +48,8 @@ def list_page(txn: Txn, *, after: str, statuses: tuple[str, ...], types: tuple[s
         if statuses and record["status"] not in statuses:
             continue
         if types and record["workflow_type"] not in types:
+            continue
+        if builds and record.get("build_id") not in builds:
             continue
         items.append(record)
     return {"items": items, "resume_after": last_key, "exhausted": True}

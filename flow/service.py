@@ -153,7 +153,8 @@ def workflow_info(record: dict, shard: int) -> pb.WorkflowInfo:
         continued_as_run_id=record.get("continued_as") or "",
         continued_from_run_id=record.get("continued_from") or "",
         history_bytes=record.get("history_bytes", 0),
-        continue_as_new_suggested=bool(record.get("continue_as_new_suggested")))
+        continue_as_new_suggested=bool(record.get("continue_as_new_suggested")),
+        build_id=record.get("build_id") or "")
 
 
 class Router:
@@ -371,12 +372,14 @@ class FlowService(ScheduleRpcs, StateRpcs, pb_grpc.FlowServicer):
                 raise InvalidArgument(f"unknown status {status!r}; one of "
                                       f"{', '.join(model.WORKFLOW_STATUSES)}", field="statuses")
         types = tuple(validate.type_name(t) for t in request.workflow_types)
+        builds = tuple(validate.identifier(b, "build_id", limits.build_id_bytes_max)
+                       for b in request.build_ids)
         page_size = min(request.page_size or limits.list_page_size_default,
                         limits.list_page_size_max)
-        fingerprint = listing.filter_fingerprint(statuses, types)
+        fingerprint = listing.filter_fingerprint(statuses, types, builds)
         after = listing.decode_token(bytes(request.page_token), fingerprint)
         shard_request = dict(after=after, statuses=statuses, workflow_types=types,
-                             page_size=page_size)
+                             page_size=page_size, build_ids=builds)
         pages = await asyncio.gather(*(
             list_shard(self.router, shard, context, shard_request)
             for shard in range(self.cfg.shards)))
@@ -476,7 +479,7 @@ async def list_shard(router: Router, shard: int, context, req: dict) -> dict:
     async def local(replica):
         page = await replica.read(lambda txn: queries.list_page(
             txn, after=req["after"], statuses=req["statuses"], types=req["workflow_types"],
-            page_size=req["page_size"]))
+            page_size=req["page_size"], builds=req["build_ids"]))
         return dict(page, items=[workflow_info(r, shard) for r in page["items"]])
 
     async def remote(address):
@@ -521,7 +524,8 @@ class PeerService(pb_grpc.PeerServicer):
                                   f"(the cluster has {self.cfg.shards})", field="shard")
         req = dict(after=request.after, statuses=tuple(request.statuses),
                    workflow_types=tuple(request.workflow_types),
-                   page_size=min(request.page_size or 1, limits.list_page_size_max))
+                   page_size=min(request.page_size or 1, limits.list_page_size_max),
+                   build_ids=tuple(request.build_ids))
         page = await list_shard(self.router, request.shard, context, req)
         return pb.ListShardResponse(
             workflows=page["items"],

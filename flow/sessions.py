@@ -53,14 +53,16 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
             await replica.propose(commands.register_supervisor(
                 time_ms=now_ms(), supervisor_id=hello.supervisor_id, build_id=hello.build_id,
                 workflow_types=list(hello.workflow_types), task_types=list(hello.task_types),
-                running=[[r.workflow_id, r.run_id, r.task_key, r.attempt] for r in hello.running]))
+                running=[[r.workflow_id, r.run_id, r.task_key, r.attempt] for r in hello.running],
+                upgradable_workflow_types=list(hello.upgradable_workflow_types)))
         except CodaError as exc:
             log.info("shard %d: hello of %s not committed: %s", replica.shard,
                      hello.supervisor_id, exc)
             yield pb.FlowMessage(not_leader_hint=replica.leader_hint() or "")
             return
         session = dispatcher.attach(hello.supervisor_id,
-                                    queues_of(hello.workflow_types, hello.task_types),
+                                    queues_of(hello.workflow_types, hello.task_types,
+                                              hello.build_id),
                                     min(hello.slots, limits.session_credit_max))
         metrics.supervisor_sessions.labels(str(replica.shard)).inc()
         log.info("shard %d: supervisor %s connected (%d slots)", replica.shard,

@@ -209,5 +209,28 @@ def assignments_of(txn: Txn, supervisor_id: str) -> list[dict]:
             txn.scan(keys.ASSIGNMENTS, prefix=keys.assignment_prefix(supervisor_id))]
 
 
+def build_of(txn: Txn, supervisor_id: str) -> str:
+    """The build id a registered supervisor declared ("" if none, or unknown)."""
+    raw = txn.get(keys.SUPERVISORS, supervisor_id.encode())
+    return (codec.unpack(raw).get("build_id") or "") if raw else ""
+
+
+def declared_workflow(txn: Txn, name: str) -> dict:
+    """{builds: {build_id: first_seen_ms}, upgradable: bool} of a workflow type (empty
+    if no supervisor declared it, or only before builds were recorded)."""
+    raw = txn.get(keys.DECLARED_TYPES, keys.declared_type_key("wf", name))
+    found = codec.unpack(raw) if raw else None
+    return found if isinstance(found, dict) else {"builds": {}, "upgradable": False}
+
+
+def default_build(declared: dict) -> str | None:
+    """Where new runs of a type go: the build first seen last (a supervisor of an old
+    build reconnecting does not make it new again)."""
+    builds = declared.get("builds") or {}
+    if not builds:
+        return None
+    return max(builds.items(), key=lambda item: (item[1], item[0]))[0]
+
+
 def is_declared(txn: Txn, kind: str, name: str) -> bool:
     return txn.get(keys.DECLARED_TYPES, keys.declared_type_key(kind, name)) is not None

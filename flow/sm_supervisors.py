@@ -27,6 +27,24 @@ def _types(value, field: str) -> list[str]:
     return [validate.type_name(name, field) for name in value]
 
 
+def build_id_of(value) -> str:
+    """A build id, or "" (unversioned: its supervisor pins nothing)."""
+    if value in (None, ""):
+        return ""
+    return validate.identifier(value, "build_id", limits.build_id_bytes_max)
+
+
+def _declare_workflow(ctx: c.Ctx, name: str, build_id: str, upgradable: bool) -> None:
+    declared = c.declared_workflow(ctx.txn, name)
+    builds = dict(declared.get("builds") or {})
+    if build_id and build_id not in builds:
+        builds[build_id] = ctx.time_ms
+        while len(builds) > limits.builds_per_type_max:  # the longest known goes
+            del builds[min(builds, key=lambda b: (builds[b], b))]
+    ctx.txn.put(keys.DECLARED_TYPES, keys.declared_type_key("wf", name),
+                codec.pack({"builds": builds, "upgradable": upgradable}))
+
+
 def register(ctx: c.Ctx, body: dict) -> dict:
     sid = supervisor_id(body.get("supervisor_id"))
     workflow_types = _types(body.get("workflow_types", []), "workflow_types")
@@ -36,12 +54,16 @@ def register(ctx: c.Ctx, body: dict) -> dict:
         raise InvalidArgument("running must be a list of [workflow_id, run_id, key, attempt]",
                               field="running")
     still = {tuple(item) for item in running if isinstance(item, list) and len(item) == 4}
+    build_id = build_id_of(body.get("build_id"))
+    upgradable = set(_types(body.get("upgradable_workflow_types", []),
+                            "upgradable_workflow_types"))
     ctx.txn.put(keys.SUPERVISORS, sid.encode(), codec.pack({
-        "build_id": str(body.get("build_id") or "")[:255], "workflow_types": workflow_types,
+        "build_id": build_id, "workflow_types": workflow_types,
         "task_types": task_types, "registered_ms": ctx.time_ms}))
-    for kind, names in (("wf", workflow_types), ("task", task_types)):
-        for name in names:
-            ctx.txn.put(keys.DECLARED_TYPES, keys.declared_type_key(kind, name), b"")
+    for name in workflow_types:
+        _declare_workflow(ctx, name, build_id, name in upgradable)
+    for name in task_types:
+        ctx.txn.put(keys.DECLARED_TYPES, keys.declared_type_key("task", name), b"")
     requeued = 0
     for assignment in c.assignments_of(ctx.txn, sid):
         item = (assignment["workflow_id"], assignment["run_id"], assignment["key"],

@@ -67,11 +67,18 @@ def _begin_run(ctx: c.Ctx, run: dict, continued_from: str | None = None) -> dict
     its execution timeout, its first workflow task. The caller made room for it."""
     workflow_id, run_id = run["workflow_id"], run["run_id"]
     timeout_ms = run["execution_timeout_ms"]
+    declared = c.declared_workflow(ctx.txn, run["workflow_type"])
+    # Pinned to the newest build of its type (new code for new runs), unless the type is
+    # upgradable: then each workflow task goes to the newest build (wake), whose
+    # patched() calls replay the run's older steps the old way.
+    versioning = "upgrade" if declared.get("upgradable") else "pinned"
+    build_id = None if versioning == "upgrade" else c.default_build(declared)
     record = {
         "workflow_id": workflow_id, "run_id": run_id, "workflow_type": run["workflow_type"],
         "status": model.RUNNING, "start_time_ms": ctx.time_ms, "close_time_ms": None,
         "request_id": run["request_id"], "attempt": 1, "history_length": 0,
-        "queue": keys.workflow_queue_name(run["workflow_type"]), "queue_seq": None,
+        "queue": keys.workflow_queue_name(run["workflow_type"], build_id), "queue_seq": None,
+        "build_id": build_id, "versioning": versioning,
         "result": None, "failure": None, "wft": None, "wft_attempt": 0, "wft_needed": True,
         "wft_failures": 0, "open_tasks": 0, "cancel_requested": False, "timers": [],
         "parent": run["parent"], "schedule": run["schedule"],
@@ -209,6 +216,9 @@ def wake(ctx: c.Ctx, record: dict) -> None:
     """Queue a workflow task if the run has unseen events and none is queued or waiting."""
     if record["status"] != model.RUNNING or not record.get("wft_needed") or record["wft"]:
         return
+    if record.get("versioning") == "upgrade":
+        record["queue"] = keys.workflow_queue_name(record["workflow_type"], c.default_build(
+            c.declared_workflow(ctx.txn, record["workflow_type"])))
     record["wft_attempt"] += 1
     seq = c.enqueue(ctx, record["queue"], {
         "kind": "wft", "workflow_id": record["workflow_id"], "run_id": record["run_id"],
@@ -246,7 +256,15 @@ def assign(ctx: c.Ctx, supervisor_id: str, entry: dict, queue: str, seq: int) ->
     wft = record and record["wft"]
     if not wft or wft["state"] != "queued" or wft["attempt"] != entry["attempt"]:
         return None
+    build_id = c.build_of(ctx.txn, supervisor_id)
+    if record.get("build_id") and build_id != record["build_id"]:
+        return None  # pinned to another build: it waits for a supervisor of that one
     c.dequeue(ctx.txn, queue, seq)
+    if (not record.get("build_id") and build_id and record.get("versioning") != "upgrade"
+            and not c.declared_workflow(ctx.txn, record["workflow_type"]).get("upgradable")):
+        # A pinned run that started before any build was known: it stays on this one.
+        record["build_id"] = build_id
+        record["queue"] = keys.workflow_queue_name(record["workflow_type"], build_id)
     record["wft"] = {"state": "running", "attempt": wft["attempt"], "supervisor": supervisor_id,
                      "seen": record["history_length"]}
     record["queue_seq"] = None

@@ -351,7 +351,7 @@ class DescribeWorkflowRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class WorkflowInfo(_message.Message):
-    __slots__ = ("workflow_id", "run_id", "workflow_type", "status", "start_time_ms", "close_time_ms", "attempt", "history_length", "shard", "result", "failure", "queued_on", "workflow_task_failure", "open_tasks", "cancel_requested", "continued_as_run_id", "continued_from_run_id", "history_bytes", "continue_as_new_suggested")
+    __slots__ = ("workflow_id", "run_id", "workflow_type", "status", "start_time_ms", "close_time_ms", "attempt", "history_length", "shard", "result", "failure", "queued_on", "workflow_task_failure", "open_tasks", "cancel_requested", "continued_as_run_id", "continued_from_run_id", "history_bytes", "continue_as_new_suggested", "build_id")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +371,7 @@ class WorkflowInfo(_message.Message):
     CONTINUED_FROM_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONTINUE_AS_NEW_SUGGESTED_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     run_id: str
     workflow_type: str
@@ -390,7 +391,8 @@ class WorkflowInfo(_message.Message):
     continued_from_run_id: str
     history_bytes: int
     continue_as_new_suggested: bool
-    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ..., workflow_task_failure: _Optional[str] = ..., open_tasks: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., continued_as_run_id: _Optional[str] = ..., continued_from_run_id: _Optional[str] = ..., history_bytes: _Optional[int] = ..., continue_as_new_suggested: _Optional[bool] = ...) -> None: ...
+    build_id: str
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ..., workflow_task_failure: _Optional[str] = ..., open_tasks: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., continued_as_run_id: _Optional[str] = ..., continued_from_run_id: _Optional[str] = ..., history_bytes: _Optional[int] = ..., continue_as_new_suggested: _Optional[bool] = ..., build_id: _Optional[str] = ...) -> None: ...
 
 class DescribeWorkflowResponse(_message.Message):
     __slots__ = ("workflow",)
@@ -399,16 +401,18 @@ class DescribeWorkflowResponse(_message.Message):
     def __init__(self, workflow: _Optional[_Union[WorkflowInfo, _Mapping]] = ...) -> None: ...
 
 class ListWorkflowsRequest(_message.Message):
-    __slots__ = ("statuses", "workflow_types", "page_size", "page_token")
+    __slots__ = ("statuses", "workflow_types", "page_size", "page_token", "build_ids")
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BUILD_IDS_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[str]
     workflow_types: _containers.RepeatedScalarFieldContainer[str]
     page_size: int
     page_token: bytes
-    def __init__(self, statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[bytes] = ...) -> None: ...
+    build_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[bytes] = ..., build_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListWorkflowsResponse(_message.Message):
     __slots__ = ("workflows", "next_page_token")
@@ -586,18 +590,20 @@ class DeliverOutboxResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListShardRequest(_message.Message):
-    __slots__ = ("shard", "after", "statuses", "workflow_types", "page_size")
+    __slots__ = ("shard", "after", "statuses", "workflow_types", "page_size", "build_ids")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BUILD_IDS_FIELD_NUMBER: _ClassVar[int]
     shard: int
     after: str
     statuses: _containers.RepeatedScalarFieldContainer[str]
     workflow_types: _containers.RepeatedScalarFieldContainer[str]
     page_size: int
-    def __init__(self, shard: _Optional[int] = ..., after: _Optional[str] = ..., statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ...) -> None: ...
+    build_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shard: _Optional[int] = ..., after: _Optional[str] = ..., statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., build_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListShardResponse(_message.Message):
     __slots__ = ("workflows", "resume_after", "exhausted")
@@ -634,7 +640,7 @@ class RunningItem(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class SupervisorHello(_message.Message):
-    __slots__ = ("supervisor_id", "build_id", "workflow_types", "task_types", "slots", "shard", "running")
+    __slots__ = ("supervisor_id", "build_id", "workflow_types", "task_types", "slots", "shard", "running", "upgradable_workflow_types")
     SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -642,6 +648,7 @@ class SupervisorHello(_message.Message):
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    UPGRADABLE_WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
     supervisor_id: str
     build_id: str
     workflow_types: _containers.RepeatedScalarFieldContainer[str]
@@ -649,7 +656,8 @@ class SupervisorHello(_message.Message):
     slots: int
     shard: int
     running: _containers.RepeatedCompositeFieldContainer[RunningItem]
-    def __init__(self, supervisor_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflow_types: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., shard: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ...) -> None: ...
+    upgradable_workflow_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, supervisor_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflow_types: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., shard: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningItem, _Mapping]]] = ..., upgradable_workflow_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Credit(_message.Message):
     __slots__ = ("slots",)

@@ -20,7 +20,8 @@ Integers in keys are 8-byte big-endian so that byte order is numeric order.
     assignments     supervisor_id NUL digest(workflow_id, run_id, task_key) ->
                     {workflow_id, run_id, key, attempt} (key empty: a workflow task)
     supervisors     supervisor_id -> {build_id, workflow_types, task_types, registered_ms}
-    declared_types  b"wf" NUL name / b"task" NUL name -> b"" (every type a supervisor declared)
+    declared_types  b"wf" NUL name -> {builds: {build_id: first_seen_ms}, upgradable} /
+                    b"task" NUL name -> b"" (every type a supervisor declared)
     outbox          u64 seq -> entry for another shard (child starts, child results,
                     scheduled starts, schedule run reports)
     schedules       schedule_id -> schedule record (flow.sm_schedules)
@@ -95,9 +96,10 @@ def queue_prefix(queue_name: str) -> bytes:
     return queue_name.encode() + SEP
 
 
-def workflow_queue_name(workflow_type: str) -> str:
-    """The durable queue of workflow tasks of one workflow type."""
-    return "wf/" + workflow_type
+def workflow_queue_name(workflow_type: str, build_id: str | None = None) -> str:
+    """The durable queue of workflow tasks of one workflow type; with a build id, of the
+    runs pinned to that build (only supervisors of that build take from it)."""
+    return "wf/" + workflow_type + ("@" + build_id if build_id else "")
 
 
 def task_queue_name(task_type: str) -> str:

@@ -228,7 +228,8 @@ class WorkerPool:
         slot.process = process
         process.reader = loop.create_task(self._read(slot, process))
         types = {"workflow_types": list(first.get("workflow_types", [])),
-                 "task_types": list(first.get("task_types", []))}
+                 "task_types": list(first.get("task_types", [])),
+                 "upgradable_workflow_types": list(first.get("upgradable_workflow_types", []))}
         if self._types is not None and types != self._types:
             _log(f"worker pid {proc.pid} runs other types than the pool started with: {types}")
         self._flush_pending()

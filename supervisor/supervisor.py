@@ -289,6 +289,7 @@ class Supervisor:
         self.metrics = metrics or SupervisorMetrics()
         self.state = "starting"          # starting, running, draining, stopped
         self.workflow_types: list[str] = []
+        self.upgradable_workflow_types: list[str] = []
         self.task_types: list[str] = []
         self._rng = rng or random.Random()
         self._ids = itertools.count(1)
@@ -351,6 +352,7 @@ class Supervisor:
             return True  # stopped while starting: nothing ran, _drain has nothing to do
         self.workflow_types = sorted(ready.get("workflow_types") or [])
         self.task_types = sorted(ready.get("task_types") or [])
+        self.upgradable_workflow_types = sorted(ready.get("upgradable_workflow_types") or [])
         if not self.workflow_types and not self.task_types:
             log.warning("module %s declares no @coda.workflow or @coda.task: this supervisor "
                         "will receive nothing", self.module)
@@ -472,7 +474,8 @@ class Supervisor:
         return pb.SupervisorHello(
             supervisor_id=self.supervisor_id, build_id=self.build_id,
             workflow_types=self.workflow_types, task_types=self.task_types, slots=slots,
-            shard=shard, running=running)
+            shard=shard, running=running,
+            upgradable_workflow_types=self.upgradable_workflow_types)
 
     def on_accepted(self, shard: int, accepted: pb.SessionAccepted, address: str) -> None:
         if accepted.payload_bytes_max:
@@ -760,7 +763,7 @@ def run_supervisor(addresses: list[str], module: str, *, workers: int, slots: in
     _configure_logging()
     try:
         addresses = _split_addresses(addresses)
-        _check_settings(workers, slots, health_port, drain_s)
+        _check_settings(workers, slots, health_port, drain_s, build_id)
         build_id = build_id or module_build_id(module)
     except ConfigError as exc:
         log.error("%s", exc.message)
@@ -809,7 +812,7 @@ def _split_addresses(addresses) -> list[str]:
     return parts
 
 
-def _check_settings(workers, slots, health_port, drain_s) -> None:
+def _check_settings(workers, slots, health_port, drain_s, build_id=None) -> None:
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers must be an integer >= 1, got {workers!r}", field="workers")
     if slots is not None and (not isinstance(slots, int) or slots < 1):
@@ -817,6 +820,10 @@ def _check_settings(workers, slots, health_port, drain_s) -> None:
     if health_port is not None and not (0 <= health_port <= 65535):
         raise ConfigError(f"--health-port must be 0..65535, got {health_port!r}",
                           field="health_port")
+    if build_id is not None and not (0 < len(str(build_id).encode()) <= limits.build_id_bytes_max
+                                     and "\x00" not in str(build_id)):
+        raise ConfigError(f"--build-id must be 1..{limits.build_id_bytes_max} bytes without NUL, "
+                          f"got {build_id!r}", field="build_id")
     if drain_s < 0:
         raise ConfigError(f"the drain deadline must be >= 0 s, got {drain_s!r}", field="drain_s")
 

@@ -90,7 +90,9 @@ class Registry:
 
     def ready_frame(self) -> dict:
         return {"op": "ready", "pid": os.getpid(), "workflow_types": sorted(self.workflows),
-                "task_types": sorted(self.tasks)}
+                "task_types": sorted(self.tasks),
+                "upgradable_workflow_types": sorted(
+                    n for n, d in self.workflows.items() if d.versioning == "auto_upgrade")}
 
 
 def load_registry(module_name: str) -> Registry:

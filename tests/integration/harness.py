@@ -472,7 +472,7 @@ class SupervisorProcess:
     def __init__(self, cluster: Cluster, module: str, *, root: str, workers: int = 2,
                  module_dir: str | None = None, env: dict | None = None,
                  supervisor_id: str | None = None, slots: int | None = None,
-                 drain_s: float | None = None):
+                 drain_s: float | None = None, build_id: str | None = None):
         self.cluster = cluster
         self.module = module
         self.root = root
@@ -484,6 +484,7 @@ class SupervisorProcess:
         self.env["PYTHONPATH"] = os.pathsep.join(paths + [self.env.get("PYTHONPATH", "")])
         self.slots = slots
         self.drain_s = drain_s
+        self.build_id = build_id
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(root, f"{self.supervisor_id}.log")
 
@@ -496,6 +497,8 @@ class SupervisorProcess:
             argv += ["--slots", str(self.slots)]
         if self.drain_s is not None:
             argv += ["--drain-s", str(self.drain_s)]
+        if self.build_id is not None:
+            argv += ["--build-id", self.build_id]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, cwd=self.root)

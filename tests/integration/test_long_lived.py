@@ -5,11 +5,13 @@ deploy, and the replay helper on a history exported from a real run.
    follows it to the last run's result; each run starts with an empty history; the
    shard keeps at most closed_runs_per_workflow_max closed runs of the id (read from
    LMDB after the cluster stops).
-2. A deploy: runs started on v1 (they sent an email and wait for a signal) keep their
-   branch when v2 (`patched("sms")`) replays them after v1's supervisor is gone; new runs
-   on v2 send an SMS. The history of a v1 run, exported with `coda workflow history
-   --json`, replays on v1 and v2 and raises NonDeterminismError on v3 (the SMS without
-   the patch) through coda.testing.replay.
+2. A deploy, v1 and v2 supervisors side by side: runs pinned to v1 finish on v1; an
+   upgradable run moves to v2 and `patched("sms")` replays its old step the old way; new
+   runs start on v2; a pinned run whose build is gone waits, visible in describe and in
+   `coda workflow list --build-id v1`, until a v1 supervisor is back. The history of a v1
+   run, exported with `coda workflow history --json`, replays on v1 and v2 and raises
+   NonDeterminismError on v3 (the SMS without the patch) through coda.testing.replay.
+3. A run past the cluster's history limit is told before and fails clearly.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 import coda
 from coda.client.workflow_runtime import NonDeterminismError
 from coda.flow import limits, model
-from cli_helpers import coda as coda_cli, ok
+from cli_helpers import as_json, coda as coda_cli, ok
 from exec_helpers import wait_for, write_module
 from harness import Cluster, SupervisorProcess
 
@@ -72,17 +74,28 @@ def send_sms():
     return "sms"
 
 
-@coda.workflow(name="x_notify")
-async def x_notify():
+async def notify():
     sent = await coda.context.spawn_task(send_email)
     await coda.context.wait_signal("go")
     return sent
+
+
+x_notify = coda.workflow(name="x_notify")(notify)
+
+
+@coda.workflow(name="x_notify_up", versioning="auto_upgrade")
+async def x_notify_up():
+    return await notify()
 '''
 
-V2 = V1.replace('''    sent = await coda.context.spawn_task(send_email)''', '''    if coda.context.patched("sms"):
+V2 = V1.replace('''    sent = await coda.context.spawn_task(send_email)
+    await coda.context.wait_signal("go")
+    return sent''', '''    if coda.context.patched("sms"):
         sent = await coda.context.spawn_task(send_sms)
     else:
-        sent = await coda.context.spawn_task(send_email)''')
+        sent = await coda.context.spawn_task(send_email)
+    await coda.context.wait_signal("go")
+    return sent + "/v2"''')
 
 V3 = V1.replace('''    sent = await coda.context.spawn_task(send_email)''', '''    sent = await coda.context.spawn_task(send_sms)''')
 
@@ -115,10 +128,11 @@ def cluster(tmp_path_factory):
         cluster.close()
 
 
-def supervisor(cluster, root, name: str, source: str) -> SupervisorProcess:
+def supervisor(cluster, root, name: str, source: str,
+               build_id: str | None = None) -> SupervisorProcess:
     module_dir = write_module(root / name, name.split("-")[0], source)
     sup = SupervisorProcess(cluster, name.split("-")[0], root=str(root / f"{name}-run"),
-                            workers=1, module_dir=module_dir)
+                            workers=1, module_dir=module_dir, build_id=build_id)
     sup.start()
     sup.wait_connected()
     return sup
@@ -162,31 +176,53 @@ def test_continue_as_new_many_times_follows_to_the_last_run_with_bounded_storage
     assert len(stored["history_runs"]) == limits.closed_runs_per_workflow_max + 1
 
 
-def test_a_deploy_keeps_old_runs_on_their_branch_and_the_replay_helper_catches_a_bad_change(
+def test_a_deploy_side_by_side_pins_old_runs_upgrades_patched_ones_and_new_runs_use_new_code(
         cluster, tmp_path):
+    """v1 and v2 supervisors connected at once: runs pinned to v1 finish on v1; an
+    upgradable run moves to v2 and replays its old step on the old branch (patched);
+    new runs start on v2. A pinned run whose build is gone waits, visible in describe
+    and in `list --build-id`, until a v1 supervisor is back."""
     cluster, root = cluster
-    v1 = supervisor(cluster, root, "notify-v1", V1)
-    with cluster.client(timeout_s=60.0) as client:
-        old = [client.start_workflow("x_notify", workflow_id=new_id("old")) for _ in range(3)]
-        for handle in old:  # each sent its email and waits for the signal
-            wait_for(lambda h=handle: any(e["type"] == "TaskCompleted" for e in h.history()),
-                     30, "the email sent")
-        v1.stop()
-        exported = tmp_path / "old.json"
-        exported.write_text(ok(coda_cli("workflow", "history", old[0].workflow_id, "--json",
-                                        address=cluster.address)))
-        v2 = supervisor(cluster, root, "notify-v2", V2)
-        try:
+    v1 = supervisor(cluster, root, "notify-v1", V1, build_id="v1")
+    v2 = v1b = None
+    try:
+        with cluster.client(timeout_s=60.0) as client:
+            pinned = [client.start_workflow("x_notify", workflow_id=new_id("pinned"))
+                      for _ in range(3)]
+            upgradable = client.start_workflow("x_notify_up", workflow_id=new_id("up"))
+            for handle in pinned + [upgradable]:  # each sent its email, waits for "go"
+                wait_for(lambda h=handle: any(e["type"] == "TaskCompleted"
+                                              for e in h.history()), 30, "the email sent")
+            assert {h.describe()["build_id"] for h in pinned} == {"v1"}
+            exported = tmp_path / "old.json"
+            exported.write_text(ok(coda_cli("workflow", "history", pinned[0].workflow_id,
+                                            "--json", address=cluster.address)))
+            v2 = supervisor(cluster, root, "notify-v2", V2, build_id="v2")
             new = client.start_workflow("x_notify", workflow_id=new_id("new"))
-            for handle in old + [new]:
+            assert new.describe()["build_id"] == "v2"
+            for handle in pinned[:2] + [upgradable, new]:
                 handle.signal("go")
-            assert [h.result(timeout=60) for h in old] == ["email"] * 3
-            assert new.result(timeout=60) == "sms"
-            markers = [e for e in new.history() if e["type"] == "MarkerRecorded"]
-            assert [m["patch_id"] for m in markers] == ["sms"]
-            assert not any(e["type"] == "MarkerRecorded" for e in old[0].history())
-        finally:
-            v2.close()
+            assert [h.result(timeout=60) for h in pinned[:2]] == ["email", "email"]  # on v1
+            assert upgradable.result(timeout=60) == "email/v2"  # v2, the old branch
+            assert new.result(timeout=60) == "sms/v2"
+            assert [e["patch_id"] for e in new.history() if e["type"] == "MarkerRecorded"] \
+                == ["sms"]
+            assert not any(e["type"] == "MarkerRecorded" for e in upgradable.history())
+            v1.stop()  # the last v1 run now has no supervisor of its build
+            waiting = pinned[2]
+            waiting.signal("go")
+            wait_for(lambda: waiting.describe()["queued_on"] == "wf/x_notify@v1", 30,
+                     "the pinned run queued for its build")
+            listed = as_json(coda_cli("--json", "workflow", "list", "--build-id", "v1",
+                                      "--status", "RUNNING", address=cluster.address))
+            assert [w["workflow_id"] for w in listed["workflows"]] == [waiting.workflow_id]
+            assert waiting.describe()["status"] == "RUNNING"
+            v1b = supervisor(cluster, root, "notify-v1-again", V1, build_id="v1")
+            assert waiting.result(timeout=60) == "email"
+    finally:
+        for sup in (v1, v2, v1b):
+            if sup is not None:
+                sup.close()
     dirs = {name: write_module(tmp_path / name, name, src)
             for name, src in (("nv1", V1), ("nv2", V2), ("nv3", V3))}
     for name in ("nv1", "nv2"):
