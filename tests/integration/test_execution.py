@@ -268,7 +268,10 @@ def x_nd_b():
     return "b"
 
 
-@coda.workflow(name="x_nd", retry=coda.RetryPolicy(initial_interval=0.5, maximum_interval=1.0))
+# Upgradable: each version's supervisor (a build of its own) takes the run over; a pinned
+# type would wait for version 1's build instead (tests/integration/test_long_lived.py).
+@coda.workflow(name="x_nd", retry=coda.RetryPolicy(initial_interval=0.5, maximum_interval=1.0),
+               versioning="auto_upgrade")
 async def x_nd():
     await coda.context.spawn_task(x_nd_a)
     raise RuntimeError("version 1 has a bug")
