@@ -228,19 +228,22 @@ class ShardReplica(DurableSyncObj):
         if leader_addr != self._last_leader and leader_addr is not None:
             metrics.leader_changes.labels(self._label).inc()
         self._last_leader = leader_addr
-        self._status = {
-            "role": ROLE_NAMES.get(raw["state"], "follower"), "term": raw["raft_term"],
-            "commit_index": raw["commit_idx"], "applied_index": self.applier.applied_index,
-            "log_length": raw["log_len"], "leader": leader_addr,
-            "has_quorum": bool(raw.get("has_quorum")),
-        }
+        applied = self.applier.applied_index
         lbl = self._label
         metrics.raft_role.labels(lbl).set(raw["state"])
         metrics.raft_term.labels(lbl).set(raw["raft_term"])
         metrics.commit_index.labels(lbl).set(raw["commit_idx"])
-        metrics.applied_index.labels(lbl).set(self.applier.applied_index)
+        metrics.applied_index.labels(lbl).set(applied)
         metrics.log_entries.labels(lbl).set(raw["log_len"])
         metrics.has_quorum.labels(lbl).set(1 if raw.get("has_quorum") else 0)
+        # After the gauges: whoever sees this status (cluster status, a test waiting for
+        # convergence) then finds the gauges at least as new on a scrape.
+        self._status = {
+            "role": ROLE_NAMES.get(raw["state"], "follower"), "term": raw["raft_term"],
+            "commit_index": raw["commit_idx"], "applied_index": applied,
+            "log_length": raw["log_len"], "leader": leader_addr,
+            "has_quorum": bool(raw.get("has_quorum")),
+        }
 
     # === asyncio thread ================================================================
 

@@ -110,7 +110,8 @@ async def raises():
 '''
 
 TYPES = {"workflow_types": ["pipeline", "raises", "unencodable"],
-         "task_types": ["add", "add_async", "bad_result", "beat", "fail", "hang", "sleep", "whoami"]}
+         "task_types": ["add", "add_async", "bad_result", "beat", "fail", "hang", "sleep", "whoami"],
+         "upgradable_workflow_types": []}
 
 
 class Supervisor:
