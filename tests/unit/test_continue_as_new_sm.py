@@ -10,7 +10,6 @@ import pytest
 
 import coda
 from coda.client.sdk import definition_of
-from coda.client.workflow_runtime import RunInfo, WorkflowRun
 from coda.flow import commands, limits, model
 from coda.storage import codec, keys
 from test_execution_sm import Sim
@@ -28,17 +27,8 @@ WORKFLOWS = {"looper": definition_of(looper)}
 
 
 class LoopSim(Sim):
-    def register(self, sid="s1", running=()):
-        return self.apply(commands.register_supervisor(
-            time_ms=self.time_ms, supervisor_id=sid, build_id="b", workflow_types=["looper"],
-            task_types=[], running=list(running)))
-
-    def run_workflow_task(self, item) -> list[dict]:
-        d = item["dispatch"]
-        run = WorkflowRun(WORKFLOWS[d.type_name], codec.unpack(d.input),
-                          RunInfo(d.workflow_id, d.run_id, d.start_time_ms, d.workflow_attempt))
-        return [dict(c, result=codec.pack(c["result"])) if c["type"] == "CompleteWorkflow"
-                else c for c in run.advance(codec.unpack(d.history))]
+    workflows = WORKFLOWS
+    task_types = []
 
     def entries(self) -> dict[str, int]:
         return self.read(lambda txn: {db: sum(1 for _ in txn.scan(db)) for db in keys.ALL_DBS})

@@ -82,6 +82,10 @@ WORKFLOWS = {definition_of(f).name: definition_of(f)
 
 
 class Sim:
+    # What the scripted supervisor declares and runs (subclasses in other tests set theirs).
+    workflows = WORKFLOWS
+    task_types = ["inc", "undo"]
+
     def __init__(self, path):
         self.store = ShardStore(str(path), LmdbOptions(sync=False, metasync=False))
         self.applier = Applier(self.store)
@@ -105,7 +109,8 @@ class Sim:
     def register(self, sid="s1", running=()):
         return self.apply(commands.register_supervisor(
             time_ms=self.time_ms, supervisor_id=sid, build_id="b",
-            workflow_types=list(WORKFLOWS), task_types=["inc", "undo"], running=list(running)))
+            workflow_types=list(self.workflows), task_types=list(self.task_types),
+            running=list(running)))
 
     def deliver_outbox(self) -> int:
         """What flow.outbox does, on this one shard: propose each entry, then outbox_done."""
@@ -145,7 +150,7 @@ class Sim:
 
     def run_workflow_task(self, item) -> list[dict]:
         d = item["dispatch"]
-        run = WorkflowRun(WORKFLOWS[d.type_name], codec.unpack(d.input),
+        run = WorkflowRun(self.workflows[d.type_name], codec.unpack(d.input),
                           RunInfo(d.workflow_id, d.run_id, d.start_time_ms, d.workflow_attempt))
         history = [dict(e, result=codec.unpack(e["result"])) if e["type"] == "TaskCompleted"
                    else e for e in codec.unpack(d.history)]  # as the worker decodes them

@@ -27,18 +27,8 @@ async def chatty(n):
 
 
 class LimitSim(Sim):
-    def register(self, sid="s1", running=()):
-        return self.apply(commands.register_supervisor(
-            time_ms=self.time_ms, supervisor_id=sid, build_id="b", workflow_types=["chatty"],
-            task_types=["inc"], running=list(running)))
-
-    def run_workflow_task(self, item) -> list[dict]:
-        d = item["dispatch"]
-        run = WorkflowRun(definition_of(chatty), codec.unpack(d.input),
-                          RunInfo(d.workflow_id, d.run_id, d.start_time_ms, d.workflow_attempt))
-        history = [dict(e, result=codec.unpack(e["result"])) if e["type"] == "TaskCompleted"
-                   else e for e in codec.unpack(d.history)]
-        return run.advance(history)
+    workflows = {"chatty": definition_of(chatty)}
+    task_types = ["inc"]
 
     def complete(self, item, outcome) -> dict:
         return super().complete(item, dict(outcome, history_limit=LIMIT))

@@ -7,7 +7,6 @@ import pytest
 
 import coda
 from coda.client.sdk import definition_of
-from coda.client.workflow_runtime import RunInfo, WorkflowRun
 from coda.errors import Aborted, NotFound
 from coda.flow import commands, model, queries
 from coda.storage import codec, keys
@@ -39,17 +38,8 @@ WORKFLOWS = {definition_of(f).name: definition_of(f) for f in (waiter, sender)}
 
 
 class StateSim(Sim):
-    def register(self, sid="s1", running=()):
-        return self.apply(commands.register_supervisor(
-            time_ms=self.time_ms, supervisor_id=sid, build_id="b",
-            workflow_types=list(WORKFLOWS), task_types=[], running=list(running)))
-
-    def run_workflow_task(self, item) -> list[dict]:
-        d = item["dispatch"]
-        run = WorkflowRun(WORKFLOWS[d.type_name], codec.unpack(d.input),
-                          RunInfo(d.workflow_id, d.run_id, d.start_time_ms, d.workflow_attempt))
-        return [dict(c, result=codec.pack(c["result"])) if c["type"] == "CompleteWorkflow"
-                else c for c in run.advance(codec.unpack(d.history))]
+    workflows = WORKFLOWS
+    task_types = []
 
     def raw(self, data) -> dict:
         self.index += 1
