@@ -316,6 +316,7 @@ class Client(ScheduleMethods):
         self._shard_leaders: list[str | None] | None = None
         self._shard_map_due_s = 0.0
         self.broadcast = Broadcasts(self)
+        self._watch_opens = 0  # rotates the node asked first for a watch's shard map
 
     async def __aenter__(self):
         return self
@@ -483,7 +484,7 @@ class Client(ScheduleMethods):
         """A WatchBroadcasts stream on the shard's leader (supervisors' caches use it). The
         caller iterates it and reopens on any error: each open asks the nodes in turn for
         the shard map, so a dead node or a moved leader costs one failed open."""
-        self._watch_opens = getattr(self, "_watch_opens", 0) + 1
+        self._watch_opens += 1
         leader = await self._leader_for_shard(shard, start=self._watch_opens)
         address = leader or self.addresses[self._watch_opens % len(self.addresses)]
         return self._stub(address).WatchBroadcasts(pb.WatchBroadcastsRequest(

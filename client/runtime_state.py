@@ -27,7 +27,7 @@ import collections
 from dataclasses import dataclass
 
 from coda import errors
-from coda.errors import InvalidArgument, NotFound, ResourceExhausted
+from coda.errors import InvalidArgument, LimitExceeded, NotFound
 from coda.flow import limits, validate
 from coda.storage import codec
 
@@ -106,9 +106,9 @@ class StateAndSignals:
         encoded = codec.encode_payload(value, what=f"state {key!r}",
                                        limit_bytes=self.payload_bytes_max)
         if key not in self._state and len(self._state) >= limits.state_keys_per_run_max:
-            raise ResourceExhausted(f"workflow {self.info.workflow_id} has "
-                                    f"{limits.state_keys_per_run_max} state keys, the limit",
-                                    limit=limits.state_keys_per_run_max)
+            raise LimitExceeded(f"workflow {self.info.workflow_id} has "
+                                f"{limits.state_keys_per_run_max} state keys, the limit",
+                                limit=limits.state_keys_per_run_max)
         n = self._state_sets
         self._state_sets += 1
         if n < len(self._recorded_state_sets):
@@ -131,6 +131,12 @@ class StateAndSignals:
     # --- reads of what others own ---------------------------------------------------------
     def read(self, kind: str, params: dict, default=MISSING):
         from coda.client.workflow_runtime import CodaFuture
+        if len(self.pending_reads) >= limits.workflow_task_commands_max:
+            # Each read becomes a command of this workflow task: refused at the call.
+            raise LimitExceeded(f"workflow {self.info.workflow_id} has "
+                                f"{len(self.pending_reads)} reads waiting in one step, the "
+                                f"limit is {limits.workflow_task_commands_max}",
+                                limit=limits.workflow_task_commands_max)
         seq = self._reads
         self._reads += 1
         what = params.get("name") or f"{params.get('workflow_id')}:{params.get('key')}"

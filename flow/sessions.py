@@ -156,14 +156,16 @@ async def _complete_one(replica, completion, payload_bytes_max: int,
             outcome = {"failure": {"type": f.error_type, "message": f.message, "stack": f.stack,
                                    "non_retryable": f.non_retryable}}
         elif kind == "workflow_commands":
+            # The cluster's history limits ride along: the shard checks them on the
+            # workflow task's commands (flow.sm_common.history_limits).
             outcome = {"commands": bound_payloads(
                 codec.decode_payload(bytes(completion.workflow_commands),
-                                     what="workflow commands"), payload_bytes_max)}
+                                     what="workflow commands"), payload_bytes_max),
+                       "history_limit": history_limit}
         else:
             raise InvalidArgument("a completion needs a result, a failure or commands",
                                   field="outcome")
-        ok = await _propose_completion(replica, completion, dict(
-            outcome, history_limit=history_limit))
+        ok = await _propose_completion(replica, completion, outcome)
     except CodaError as exc:
         refused = isinstance(exc, InvalidArgument) or (exc.definite and not exc.retryable)
         if refused and completion.WhichOneof("outcome") == "workflow_commands":
@@ -175,9 +177,11 @@ async def _complete_one(replica, completion, payload_bytes_max: int,
         if refused:
             return "rejected", f"{exc.code}: {exc.message}"
         return "error", exc
-    if "rejected" in ok:
-        return "rejected", ok["rejected"]
-    return "accepted", None
+    return _answer(ok)
+
+
+def _answer(ok: dict) -> tuple[str, object]:
+    return ("rejected", ok["rejected"]) if "rejected" in ok else ("accepted", None)
 
 
 async def _propose_completion(replica, completion, outcome: dict, suffix: str = "") -> dict:
@@ -196,9 +200,7 @@ async def _fail_refused_workflow_task(replica, completion, exc: CodaError):
         if second.definite and not second.retryable:
             return "rejected", f"{second.code}: {second.message}"
         return "error", second
-    if "rejected" in ok:
-        return "rejected", ok["rejected"]
-    return "accepted", None
+    return _answer(ok)
 
 
 PAYLOAD_FIELDS = {"ScheduleTask": ("args", "args of task {task!r}"),

@@ -209,12 +209,6 @@ def assignments_of(txn: Txn, supervisor_id: str) -> list[dict]:
             txn.scan(keys.ASSIGNMENTS, prefix=keys.assignment_prefix(supervisor_id))]
 
 
-def build_of(txn: Txn, supervisor_id: str) -> str:
-    """The build id a registered supervisor declared ("" if none, or unknown)."""
-    raw = txn.get(keys.SUPERVISORS, supervisor_id.encode())
-    return (codec.unpack(raw).get("build_id") or "") if raw else ""
-
-
 def declared_workflow(txn: Txn, name: str) -> dict:
     """{builds: {build_id: first_seen_ms}, upgradable: bool} of a workflow type (empty
     if no supervisor declared it, or only before builds were recorded)."""

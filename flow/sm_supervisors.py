@@ -98,8 +98,10 @@ def _lost(ctx: c.Ctx, sid: str, assignment: dict, reason: str) -> None:
 
 def assign(ctx: c.Ctx, body: dict) -> dict:
     sid = supervisor_id(body.get("supervisor_id"))
-    if ctx.txn.get(keys.SUPERVISORS, sid.encode()) is None:
+    raw_supervisor = ctx.txn.get(keys.SUPERVISORS, sid.encode())
+    if raw_supervisor is None:
         raise NotFound(f"supervisor {sid!r} is not registered on this shard", supervisor_id=sid)
+    build_id = codec.unpack(raw_supervisor).get("build_id") or ""
     items = body.get("items")
     if not isinstance(items, list) or len(items) > limits.assign_items_max:
         raise InvalidArgument(f"assign items must be a list of at most {limits.assign_items_max}",
@@ -114,8 +116,10 @@ def assign(ctx: c.Ctx, body: dict) -> dict:
         if raw is None:
             continue
         entry = codec.unpack(raw)
-        handler = sm_workflows.assign if entry["kind"] == "wft" else sm_tasks.assign
-        done = handler(ctx, sid, entry, queue, seq)
+        if entry["kind"] == "wft":
+            done = sm_workflows.assign(ctx, sid, build_id, entry, queue, seq)
+        else:
+            done = sm_tasks.assign(ctx, sid, entry, queue, seq)
         if done is not None:
             assigned.append(done)
     return {"assigned": assigned}

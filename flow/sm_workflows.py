@@ -251,12 +251,13 @@ def _drop_wft(ctx: c.Ctx, record: dict) -> None:
     record["queue_seq"] = None
 
 
-def assign(ctx: c.Ctx, supervisor_id: str, entry: dict, queue: str, seq: int) -> dict | None:
+def assign(ctx: c.Ctx, supervisor_id: str, build_id: str, entry: dict, queue: str,
+           seq: int) -> dict | None:
+    """Assign a queued workflow task to a supervisor of build `build_id` ("" unversioned)."""
     record = c.current_run(ctx.txn, entry["workflow_id"], entry["run_id"])
     wft = record and record["wft"]
     if not wft or wft["state"] != "queued" or wft["attempt"] != entry["attempt"]:
         return None
-    build_id = c.build_of(ctx.txn, supervisor_id)
     if record.get("build_id") and build_id != record["build_id"]:
         return None  # pinned to another build: it waits for a supervisor of that one
     c.dequeue(ctx.txn, queue, seq)

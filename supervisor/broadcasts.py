@@ -38,6 +38,8 @@ CACHE_BYTES_MAX = 256 * 1024 * 1024
 WATCH_BACKOFF_INITIAL_S = 0.05
 WATCH_BACKOFF_MAX_S = 1.0
 STATE_READS_IN_FLIGHT_MAX = 1000
+FETCHES_IN_FLIGHT_MAX = 1000     # distinct broadcast names being read from Flow at once
+STATUS_VERSIONS_MAX = 100        # cached versions listed in /health
 
 
 @dataclass
@@ -68,6 +70,11 @@ class BroadcastCache:
 
     def names(self) -> list[str]:
         return list(self._entries)
+
+    def versions(self, names_max: int) -> dict[str, int]:
+        """Cached versions (the most recently read first), without touching the LRU order."""
+        newest = list(self._entries.items())[-names_max:]
+        return {name: entry.version for name, entry in reversed(newest)}
 
     def get(self, name: str, min_version: int = 0) -> Entry | None:
         entry = self._entries.get(name)
@@ -118,7 +125,7 @@ class SupervisorReads:
 
     def status(self) -> dict:
         return {"names": len(self.cache), "bytes": self.cache.size_bytes,
-                "versions": {n: self.cache.get(n).version for n in self.cache.names()[:100]}}
+                "versions": self.cache.versions(STATUS_VERSIONS_MAX)}
 
     # --- frames from workers -------------------------------------------------------------
     def on_worker_message(self, msg: dict, reply) -> None:
@@ -147,9 +154,14 @@ class SupervisorReads:
             self.metrics.broadcast_reads.labels("supervisor_cache").inc()
             reply(entry.frame(name))
             return
-        if name not in self._fetching:
-            self._fetching[name] = asyncio.get_running_loop().create_task(self._fetch(name))
-            self._fetching[name].add_done_callback(lambda _: self._fetching.pop(name, None))
+        if name in self._fetching:
+            return  # its answer goes to every worker
+        if len(self._fetching) >= FETCHES_IN_FLIGHT_MAX:
+            reply({"op": "broadcast", "name": name,
+                   "error": f"{FETCHES_IN_FLIGHT_MAX} broadcast reads in flight"})
+            return
+        self._fetching[name] = asyncio.get_running_loop().create_task(self._fetch(name))
+        self._fetching[name].add_done_callback(lambda _: self._fetching.pop(name, None))
 
     async def _fetch(self, name: str) -> None:
         """A miss: one linearizable read in Flow, then every worker gets the answer (the

@@ -6,7 +6,6 @@ import pytest
 import coda
 from coda.client.sdk import definition_of
 from coda.client.workflow_runtime import NonDeterminismError, RunInfo, WorkflowRun
-from coda.errors import NotFound, PayloadError
 from coda.storage import codec
 
 INFO = RunInfo(workflow_id="wf-1", run_id="r1", start_time_ms=1_700_000_000_000)
@@ -211,8 +210,24 @@ def test_signal_workflow_is_a_spawn_that_resolves_when_delivered_or_raises():
 def test_context_calls_check_their_arguments():
     with pytest.raises(coda.errors.InvalidArgument, match="only usable inside"):
         coda.context.set_state("k", 1)
-    assert issubclass(PayloadError, coda.errors.InvalidArgument)
-    assert issubclass(NotFound, coda.CodaError)
+    with pytest.raises(coda.errors.InvalidArgument, match="signal name"):
+        coda.context.wait_signal("")
+    with pytest.raises(coda.errors.InvalidArgument, match="broadcast name .* over the limit"):
+        coda.context.get_broadcast("b" * 201)
+
+
+@coda.workflow(name="many_reads")
+async def many_reads():
+    try:
+        for n in range(2_000):
+            coda.context.get_state("k", workflow_id=f"other-{n}")  # none answered yet
+    except coda.errors.LimitExceeded as exc:
+        return str(exc)
+
+
+def test_reads_waiting_in_one_step_are_bounded():
+    [command] = run_of(many_reads).advance([])
+    assert "reads waiting in one step, the limit is 1000" in command["result"]
 
 
 # --- coda.testing.run_locally ----------------------------------------------------------------
