@@ -106,8 +106,8 @@ class WorkflowDefinition:
 
 
 # How a workflow type's runs meet new code (docs/long-lived-workflows.md): "pinned" runs
-# stay on the build they started on; "auto_upgrade" runs go to any build (guard changes
-# with coda.context.patched).
+# stay on the build they started on; "auto_upgrade" runs are taken by any build that
+# declares the type (guard changes with coda.context.patched).
 VERSIONING = ("pinned", "auto_upgrade")
 
 
@@ -145,7 +145,8 @@ def workflow(name: str | None = None, *, retry: RetryPolicy | None = None,
              execution_timeout: float | None = None, versioning: str = "pinned"):
     """Declare a workflow: an `async def` whose awaits go through `coda.context`.
     versioning: "pinned" (default; a run stays on the build it started on) or
-    "auto_upgrade" (a run moves to new builds; guard changes with coda.context.patched)."""
+    "auto_upgrade" (any build that declares the type runs it; guard changes with
+    coda.context.patched)."""
     if versioning not in VERSIONING:
         raise InvalidArgument(f"versioning must be one of {', '.join(VERSIONING)}, got "
                               f"{versioning!r}", field="versioning")

@@ -69,8 +69,10 @@ def _begin_run(ctx: c.Ctx, run: dict, continued_from: str | None = None) -> dict
     timeout_ms = run["execution_timeout_ms"]
     declared = c.declared_workflow(ctx.txn, run["workflow_type"])
     # Pinned to the newest build of its type (new code for new runs), unless the type is
-    # upgradable: then each workflow task goes to the newest build (wake), whose
-    # patched() calls replay the run's older steps the old way.
+    # upgradable: then its workflow tasks wait in the type's unpinned queue, which every
+    # build's supervisors serve (patched() makes each build replay older steps the old
+    # way). Choosing the build when a task is queued would strand it there if that build
+    # went away before a supervisor took it.
     versioning = "upgrade" if declared.get("upgradable") else "pinned"
     build_id = None if versioning == "upgrade" else c.default_build(declared)
     record = {
@@ -216,9 +218,6 @@ def wake(ctx: c.Ctx, record: dict) -> None:
     """Queue a workflow task if the run has unseen events and none is queued or waiting."""
     if record["status"] != model.RUNNING or not record.get("wft_needed") or record["wft"]:
         return
-    if record.get("versioning") == "upgrade":
-        record["queue"] = keys.workflow_queue_name(record["workflow_type"], c.default_build(
-            c.declared_workflow(ctx.txn, record["workflow_type"])))
     record["wft_attempt"] += 1
     seq = c.enqueue(ctx, record["queue"], {
         "kind": "wft", "workflow_id": record["workflow_id"], "run_id": record["run_id"],

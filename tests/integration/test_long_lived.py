@@ -178,9 +178,9 @@ def test_continue_as_new_many_times_follows_to_the_last_run_with_bounded_storage
 
 def test_a_deploy_side_by_side_pins_old_runs_upgrades_patched_ones_and_new_runs_use_new_code(
         cluster, tmp_path):
-    """v1 and v2 supervisors connected at once: runs pinned to v1 finish on v1; an
-    upgradable run moves to v2 and replays its old step on the old branch (patched);
-    new runs start on v2. A pinned run whose build is gone waits, visible in describe
+    """v1 and v2 supervisors connected at once: runs pinned to v1 finish on v1 and new
+    runs start on v2. Once v1 stops, an upgradable run moves to v2 and replays its old
+    step on the old branch (patched). A pinned run whose build is gone waits, visible in describe
     and in `list --build-id`, until a v1 supervisor is back."""
     cluster, root = cluster
     v1 = supervisor(cluster, root, "notify-v1", V1, build_id="v1")
@@ -200,16 +200,17 @@ def test_a_deploy_side_by_side_pins_old_runs_upgrades_patched_ones_and_new_runs_
             v2 = supervisor(cluster, root, "notify-v2", V2, build_id="v2")
             new = client.start_workflow("x_notify", workflow_id=new_id("new"))
             assert new.describe()["build_id"] == "v2"
-            for handle in pinned[:2] + [upgradable, new]:
+            for handle in pinned[:2] + [new]:
                 handle.signal("go")
             assert [h.result(timeout=60) for h in pinned[:2]] == ["email", "email"]  # on v1
-            assert upgradable.result(timeout=60) == "email/v2"  # v2, the old branch
             assert new.result(timeout=60) == "sms/v2"
+            v1.stop()  # from here only v2 runs: the upgradable run moves to it
+            upgradable.signal("go")
+            assert upgradable.result(timeout=60) == "email/v2"  # v2, the old branch
             assert [e["patch_id"] for e in new.history() if e["type"] == "MarkerRecorded"] \
                 == ["sms"]
             assert not any(e["type"] == "MarkerRecorded" for e in upgradable.history())
-            v1.stop()  # the last v1 run now has no supervisor of its build
-            waiting = pinned[2]
+            waiting = pinned[2]  # the last v1 run: no supervisor of its build now
             waiting.signal("go")
             wait_for(lambda: waiting.describe()["queued_on"] == "wf/x_notify@v1", 30,
                      "the pinned run queued for its build")

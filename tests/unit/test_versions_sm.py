@@ -62,14 +62,16 @@ def test_upgradable_types_and_runs_from_before_any_build(sim):
     assert sim.record("u")["build_id"] is None  # upgradable: never pinned
     sim.start("p", "twice", {"n": 1})
     assert sim.record("p")["build_id"] == "v1"
-    sim.start("u2", "careful", {"n": 1})  # upgradable: to the newest build, not pinned
-    assert sim.record("u2")["queue"] == "wf/careful@v1" and sim.record("u2")["build_id"] is None
+    sim.start("u2", "careful", {"n": 1})  # upgradable: never pinned, any build takes it
+    assert sim.record("u2")["queue"] == "wf/careful" and sim.record("u2")["build_id"] is None
     sim.hello("s3", "v2", 3000, upgradable=["careful"])
-    [item] = sim.assign_from("s2", "wf/careful@v1")
+    [item] = sim.assign_from("s2", "wf/careful")  # v1 takes its first workflow task
     sim.complete(item, {"commands": sim.run_workflow_task(item)})
-    [task] = sim.assign_from("s2", "task/inc")  # its task completes: the next workflow
-    sim.complete(task, {"result": codec.pack(2)})  # task goes to the newest build, v2
-    assert sim.record("u2")["queue"] == "wf/careful@v2"
+    [task] = sim.assign_from("s2", "task/inc")
+    sim.complete(task, {"result": codec.pack(2)})
+    assert sim.record("u2")["queue"] == "wf/careful"   # the next one: still any build's
+    [item] = sim.assign_from("s3", "wf/careful")       # here v2 takes it
+    assert item["workflow_id"] == "u2" and sim.record("u2")["build_id"] is None
 
 
 def test_a_run_started_before_builds_is_pinned_where_it_first_runs(sim):
