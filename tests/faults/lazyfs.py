@@ -504,7 +504,10 @@ def main(argv=None) -> int:
     ap.add_argument("--control", required=True, help="Unix socket path for commands")
     ap.add_argument("--backing-fsync", action="store_true")
     ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--parent-pid", type=int, help="exit when this process (the test) dies")
     args = ap.parse_args(argv)
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s lazyfs[%(process)d] %(levelname)s %(message)s")
     from fuse import FUSE
@@ -543,11 +546,18 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _die_with_parent() -> None:
-    """In the daemon before exec: SIGTERM it (libfuse then unmounts) if the test dies."""
+def _die_with_parent(parent_pid: int) -> None:
+    """In the daemon: SIGTERM it (libfuse then unmounts) if the test process dies.
+
+    Set here, after exec, not in a Popen preexec_fn: a preexec_fn forces a plain fork()
+    that runs Python in the child of a process with gRPC threads, and gRPC's fork handler
+    there aborted the child (SIGABRT, "epoll_wait error: Bad file descriptor") in a CI run.
+    Without preexec_fn, subprocess uses vfork/posix_spawn, which runs no fork handlers."""
     import ctypes
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl: nobody would signal us
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _fusermount() -> str:
@@ -573,10 +583,11 @@ class LazyFS:
         for d in (self.backing, self.mountpoint, self.state_dir):
             os.makedirs(d, exist_ok=True)
         argv = [sys.executable, os.path.abspath(__file__), self.backing, self.mountpoint,
-                "--control", self.control] + (["--debug"] if self.debug else [])
+                "--control", self.control, "--parent-pid", str(os.getpid())] + (
+                    ["--debug"] if self.debug else [])
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                         stdin=subprocess.DEVNULL)
         if not self._atexit:
             atexit.register(self.cleanup)
             self._atexit = True
