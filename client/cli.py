@@ -205,24 +205,6 @@ def _echo_started(data: dict) -> None:
         "" if data["started"] else " (an earlier call with this request id started it)"))
 
 
-@workflow.command("describe")
-@click.argument("workflow_id")
-@click.option("--run-id", default=None)
-@click.pass_obj
-def workflow_describe(ctx: Ctx, workflow_id, run_id):
-    """Status and details of a workflow's current (or given) run."""
-    def human(w):
-        for key in ("workflow_id", "run_id", "workflow_type", "status", "attempt",
-                    "history_length", "shard", "build_id", "queued_on", "result", "failure",
-                    "continue_as_new_suggested"):
-            click.echo(f"{key:15s} {w[key] if w[key] is not None else '-'}")
-        click.echo(f"{'started':15s} {_time(w['start_time_ms'])}")
-        click.echo(f"{'closed':15s} {_time(w['close_time_ms'])}")
-
-    with ctx.client() as client:
-        _emit(ctx, plain(_run(lambda: client.describe_workflow(workflow_id, run_id))), human)
-
-
 def _close_command(name: str, doc: str, method: str, done: str):
     """`coda workflow cancel|terminate ID`: the same flags, one client call."""
     @workflow.command(name, help=doc)
@@ -248,28 +230,6 @@ workflow_terminate = _close_command(
     "terminate_workflow", "terminated {workflow_id} run {run_id}")
 
 
-@workflow.command("history")
-@click.argument("workflow_id")
-@click.option("--run-id", default=None, help="Default: the current run.")
-@json_flag
-@click.pass_obj
-def workflow_history(ctx: Ctx, workflow_id, run_id, local_json):
-    """A run's events in order. With --json: a JSON list of the events; payload bytes are
-    decoded from msgpack, or shown as {"base64": ...} when they are not msgpack."""
-    _use_json(ctx, local_json)
-    with ctx.client() as client:
-        events = _run(lambda: client.workflow_history(workflow_id, run_id))
-    _emit(ctx, [event_to_json(e) for e in events], _echo_events)
-
-
-def _echo_events(events: list[dict]) -> None:
-    for event in events:
-        rest = " ".join(f"{k}={_compact(v)}" for k, v in event.items()
-                        if k not in ("event_id", "type", "time_ms"))
-        click.echo(f"{event.get('event_id', '-'):>5} {_time(event.get('time_ms'))} "
-                   f"{event.get('type', '-'):28s} {rest}".rstrip())
-
-
 @workflow.command("result")
 @click.argument("workflow_id")
 @click.option("--run-id", default=None, help="Default: the current run.")
@@ -289,39 +249,6 @@ def workflow_result_command(ctx: Ctx, workflow_id, run_id, wait_timeout_s, local
     data = {"workflow_id": info["workflow_id"], "run_id": info["run_id"],
             "status": info["status"], "result": value}
     _emit(ctx, data, lambda d: click.echo(_compact(d["result"])))
-
-
-@workflow.command("list")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(model.WORKFLOW_STATUSES))
-@click.option("--type", "types", multiple=True, help="Workflow type (repeatable).")
-@click.option("--page-size", type=int, default=100, show_default=True)
-@click.option("--page-token", default="", help="Continue from a previous page.")
-@click.option("--all", "fetch_all", is_flag=True, help="Follow page tokens to the end.")
-@click.option("--build-id", "build_ids", multiple=True,
-              help="Runs pinned to this build (repeatable): what an old build still runs.")
-@click.pass_obj
-def workflow_list(ctx: Ctx, statuses, types, page_size, page_token, fetch_all, build_ids):
-    """Workflows across all shards, ordered by id."""
-    items: list[dict] = []
-    token = page_token.encode()
-    with ctx.client() as client:
-        while True:
-            page, token = _run(lambda: client.list_workflows(
-                statuses=statuses, workflow_types=types, page_size=page_size, page_token=token,
-                build_ids=build_ids))
-            items += page
-            if not (fetch_all and token):
-                break
-    data = {"workflows": plain(items), "next_page_token": token.decode() or None}
-
-    def human(d):
-        for w in d["workflows"]:
-            click.echo(f"{w['workflow_id']:40s} {w['workflow_type']:20s} {w['status']:10s} "
-                       f"{_time(w['start_time_ms'])}")
-        if d["next_page_token"]:
-            click.echo(f"next page: --page-token {d['next_page_token']}")
-
-    _emit(ctx, data, human)
 
 
 # --- schedules -----------------------------------------------------------------------------
@@ -687,6 +614,7 @@ def supervisor_run(ctx: Ctx, module, workers, slots, build_id, health_port, supe
 
 # Commands defined elsewhere register on the groups above when imported.
 from coda.client import cli_state  # noqa: E402,F401
+from coda.client import cli_visibility  # noqa: E402,F401
 
 if __name__ == "__main__":
     # `python -m coda.client.cli`: run the imported module's group, on which cli_state

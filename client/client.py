@@ -100,6 +100,14 @@ def workflow_to_dict(info: pb.WorkflowInfo) -> dict:
     }
 
 
+def pending_task_to_dict(task: pb.PendingTask) -> dict:
+    return {"key": task.key, "task_type": task.task_type, "state": task.state,
+            "attempt": task.attempt, "scheduled_time_ms": task.scheduled_time_ms,
+            "supervisor_id": task.supervisor_id or None,
+            "last_failure": task.last_failure or None,
+            "retry_time_ms": task.retry_time_ms or None}
+
+
 def workflow_result(info: dict):
     """The result of the closed run that `info` (a describe_workflow dict) describes, or
     raise the WorkflowError of its closing status (details: workflow_id, run_id, status,
@@ -420,7 +428,11 @@ class Client(ScheduleMethods):
         answer = await self._call("DescribeWorkflow", pb.DescribeWorkflowRequest(
             workflow_id=workflow_id, run_id=run_id or ""), retry_indeterminate=True,
             workflow_id=workflow_id)
-        return workflow_to_dict(answer.workflow)
+        return dict(workflow_to_dict(answer.workflow),
+                    pending_tasks=[pending_task_to_dict(t) for t in answer.pending_tasks],
+                    pending_timers=[{"key": t.key, "fire_time_ms": t.fire_time_ms}
+                                    for t in answer.pending_timers],
+                    pending_truncated=answer.pending_truncated)
 
     async def wait_workflow(self, workflow_id: str, run_id: str | None = None,
                             wait_ms: int = WAIT_POLL_MS) -> dict:
@@ -524,13 +536,34 @@ class Client(ScheduleMethods):
             run_id, after_event_id = answer.run_id, page[-1]["event_id"]
 
     async def list_workflows(self, *, statuses=(), workflow_types=(), page_size: int = 0,
-                             page_token: bytes = b"", build_ids=()) -> tuple[list[dict], bytes]:
-        """One page of workflows (current runs) matching every filter given; `build_ids`:
-        runs pinned to one of these builds (which runs still need an old build)."""
+                             page_token: bytes = b"", build_ids=(), workflow_id_prefix: str = "",
+                             start_time_from_ms: int = 0, start_time_to_ms: int = 0,
+                             close_time_from_ms: int = 0, close_time_to_ms: int = 0,
+                             order_by: str = "") -> tuple[list[dict], bytes]:
+        """One page of workflows (current runs) matching every filter given.
+
+        `build_ids`: runs pinned to one of these builds (which runs still need an old
+        build). Times are [from, to) in ms since the epoch, 0 = unbounded; a close-time
+        bound lists closed runs only. `order_by`: "workflow_id" (default), "start_time"
+        or "close_time", "-" first for descending. Pass back the returned token (empty:
+        the end) with the same filters for the next page."""
         answer = await self._call("ListWorkflows", pb.ListWorkflowsRequest(
             statuses=list(statuses), workflow_types=list(workflow_types), page_size=page_size,
-            page_token=page_token, build_ids=list(build_ids)), retry_indeterminate=True)
+            page_token=page_token, build_ids=list(build_ids),
+            workflow_id_prefix=workflow_id_prefix, start_time_from_ms=start_time_from_ms,
+            start_time_to_ms=start_time_to_ms, close_time_from_ms=close_time_from_ms,
+            close_time_to_ms=close_time_to_ms, order_by=order_by), retry_indeterminate=True)
         return [workflow_to_dict(w) for w in answer.workflows], bytes(answer.next_page_token)
+
+    async def list_supervisors(self) -> dict:
+        """Supervisors with a live lease: {"supervisors": [...], "unanswered_shards": [...]}."""
+        answer = await self._call("ListSupervisors", pb.ListSupervisorsRequest(),
+                                  retry_indeterminate=True)
+        return {"supervisors": [{
+            "supervisor_id": s.supervisor_id, "build_id": s.build_id or None,
+            "workflow_types": list(s.workflow_types), "task_types": list(s.task_types),
+            "registered_time_ms": s.registered_time_ms, "shards": list(s.shards)}
+            for s in answer.supervisors], "unanswered_shards": list(answer.unanswered_shards)}
 
     async def iter_workflows(self, **filters):
         token = b""
@@ -659,6 +692,9 @@ class SyncClient(SyncScheduleMethods):
 
     def cluster_status(self) -> dict:
         return self._run(self._client.cluster_status())
+
+    def list_supervisors(self) -> dict:
+        return self._run(self._client.list_supervisors())
 
     def shard_map(self) -> dict:
         return self._run(self._client.shard_map())

@@ -54,6 +54,7 @@ list_page_size_default = 100
 list_page_size_max = 1000
 # Records one shard scans for one page; a sparse filter returns a short page plus a token.
 list_scan_records_max = 20_000
+describe_pending_max = 1000        # open tasks and timers listed by DescribeWorkflow, each
 page_token_bytes_max = 16 * KIB
 
 # --- execution ---------------------------------------------------------------------------

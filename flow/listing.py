@@ -51,20 +51,56 @@ def decode_token(token: bytes, fingerprint: str) -> str:
 
 def merge(shard_pages: list[dict], page_size: int,
           key=lambda item: item["workflow_id"]) -> tuple[list, str | None]:
-    """Merge per-shard pages ({items, resume_after, exhausted}); returns (items, next_after).
+    """Merge per-shard pages ({items, resume_after, exhausted}) keyed by a string (an id);
+    returns (items, next_after). next_after is None when every shard is exhausted and
+    all matches were emitted."""
+    pages = [dict(p, resume_after=p["resume_after"].encode()
+                  if p["resume_after"] is not None else None) for p in shard_pages]
+    items, after = merge_ordered(pages, page_size, key=lambda item: key(item).encode())
+    return items, after.decode() if after is not None else None
 
-    `key` gives an item's workflow id. next_after is None when every shard is exhausted
-    and all matches were emitted.
-    """
+
+def merge_ordered(shard_pages: list[dict], page_size: int, key,
+                  descending: bool = False) -> tuple[list, bytes | None]:
+    """The same over byte cursor keys (`key(item)`), ascending or descending: the merged
+    page holds only items no further than the nearest resume_after of a shard that
+    did not reach its end."""
     bounds = [p["resume_after"] for p in shard_pages if not p["exhausted"]]
-    bound = min(bounds, key=str.encode) if bounds else None
-    items = sorted((item for p in shard_pages for item in p["items"]),
-                   key=lambda item: key(item).encode())
+    bound = (max(bounds) if descending else min(bounds)) if bounds else None
+    items = sorted((item for p in shard_pages for item in p["items"]), key=key,
+                   reverse=descending)
     if bound is not None:
-        items = [item for item in items if key(item).encode() <= bound.encode()]
+        items = [item for item in items if (key(item) >= bound if descending
+                                            else key(item) <= bound)]
     if len(items) > page_size:
         items = items[:page_size]
         return items, key(items[-1])
-    if bound is None:
-        return items, None
     return items, bound
+
+
+WORKFLOW_TOKEN_VERSION = 2
+
+
+def encode_cursor(order: str, after: bytes, fingerprint: str) -> bytes:
+    """A ListWorkflows page token: the order, the cursor key, the filters' fingerprint."""
+    return base64.urlsafe_b64encode(codec.pack([WORKFLOW_TOKEN_VERSION, order, after,
+                                                fingerprint]))
+
+
+def decode_cursor(token: bytes, order: str, fingerprint: str) -> bytes:
+    """The cursor key in a ListWorkflows page token; empty token: from the start."""
+    if not token:
+        return b""
+    if len(token) > limits.page_token_bytes_max:
+        raise InvalidArgument("page_token is too long", field="page_token")
+    try:
+        version, token_order, after, expected = codec.unpack(base64.urlsafe_b64decode(token))
+    except Exception:
+        raise InvalidArgument("page_token is malformed; pass back the token a previous "
+                              "ListWorkflows returned", field="page_token") from None
+    if version != WORKFLOW_TOKEN_VERSION or not isinstance(after, bytes):
+        raise InvalidArgument("page_token is from an incompatible version", field="page_token")
+    if token_order != order or expected != fingerprint:
+        raise InvalidArgument("page_token was issued for a different order or filters",
+                              field="page_token")
+    return after

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from coda.errors import NotFound
 from coda.flow import limits
+from coda.flow import sm_common as c
 from coda.storage import codec, keys
 from coda.storage.txn import Txn
 
@@ -53,6 +54,44 @@ def list_page(txn: Txn, *, after: str, statuses: tuple[str, ...], types: tuple[s
             continue
         items.append(record)
     return {"items": items, "resume_after": last_key, "exhausted": True}
+
+
+def pending(txn: Txn, record: dict, max_each: int) -> dict:
+    """A run's open tasks and user timers, at most max_each of each (in key order)."""
+    tasks = []
+    truncated = False
+    for _, raw in txn.scan(keys.TASKS, prefix=keys.tasks_prefix(record["workflow_id"],
+                                                                record["run_id"])):
+        task = codec.unpack(raw)
+        if task["status"] not in c.OPEN_TASK_STATES:
+            continue
+        if len(tasks) >= max_each:
+            truncated = True
+            break
+        retry_key = (task.get("timers") or {}).get(c.TIMER_TASK_RETRY)
+        tasks.append({"key": task["key"], "task_type": task["task"], "state": task["status"],
+                      "attempt": task["attempt"], "scheduled_time_ms": task["scheduled_ms"],
+                      "supervisor_id": task.get("supervisor") or "",
+                      "last_error": task.get("last_error") if task["status"] == c.BACKOFF
+                      else None,
+                      "retry_time_ms": keys.timer_fire_ms(retry_key) if retry_key else 0})
+    timers = []
+    for key in (record.get("timers") or ()):
+        raw = txn.get(keys.TIMERS, key)
+        if raw is None:
+            continue
+        if len(timers) >= max_each:
+            truncated = True
+            break
+        timers.append({"key": codec.unpack(raw).get("key", ""),
+                       "fire_time_ms": keys.timer_fire_ms(key)})
+    return {"tasks": tasks, "timers": timers, "truncated": truncated}
+
+
+def supervisors(txn: Txn) -> list[dict]:
+    """Supervisors with a live lease on this shard, with what they registered."""
+    return [dict(codec.unpack(raw), supervisor_id=key.decode())
+            for key, raw in txn.scan(keys.SUPERVISORS)]
 
 
 def queue_depths(txn: Txn) -> dict[str, int]:

@@ -20,11 +20,13 @@ from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
 from coda.errors import (CodaError, Internal, InvalidArgument, NotLeader,
                          Unavailable)
-from coda.flow import (commands, limits, listing, metrics, model, outbox, queries, validate,
+from coda.flow import (commands, limits, metrics, model, outbox, queries, validate,
                        wire)
 from coda.flow.schedule_service import ScheduleRpcs, list_page as schedules_page
 from coda.flow.schedule_service import schedule_info
 from coda.flow.state_service import StateRpcs
+from coda.flow.visibility_service import (VisibilityRpcs, list_request, list_shard,
+                                          supervisors_answer, workflow_info)
 from coda.flow.config import NodeConfig
 from coda.flow.replica import ShardReplica
 from coda.flow.sharding import shard_for
@@ -129,34 +131,6 @@ def is_forwarded(context) -> bool:
     return any(k == wire.FORWARDED_METADATA_KEY for k, _ in (context.invocation_metadata() or ()))
 
 
-def failure_text(failure) -> str:
-    if not failure:
-        return ""
-    if isinstance(failure, dict):
-        kind, message = failure.get("type"), failure.get("message", "")
-        return f"{kind}: {message}" if kind else str(message)
-    return str(failure)
-
-
-def workflow_info(record: dict, shard: int) -> pb.WorkflowInfo:
-    return pb.WorkflowInfo(
-        workflow_id=record["workflow_id"], run_id=record["run_id"],
-        workflow_type=record["workflow_type"], status=record["status"],
-        start_time_ms=record["start_time_ms"], close_time_ms=record.get("close_time_ms") or 0,
-        attempt=record.get("attempt", 1), history_length=record.get("history_length", 0),
-        shard=shard, result=record.get("result") or b"",
-        failure=failure_text(record.get("failure")),
-        queued_on=record["queue"] if record.get("queue_seq") is not None else "",
-        workflow_task_failure=failure_text(record.get("wft_failure")),
-        open_tasks=record.get("open_tasks", 0),
-        cancel_requested=bool(record.get("cancel_requested")),
-        continued_as_run_id=record.get("continued_as") or "",
-        continued_from_run_id=record.get("continued_from") or "",
-        history_bytes=record.get("history_bytes", 0),
-        continue_as_new_suggested=bool(record.get("continue_as_new_suggested")),
-        build_id=record.get("build_id") or "")
-
-
 class Router:
     """Finds a shard's leader: this node's replica, or a peer's client address."""
 
@@ -217,7 +191,7 @@ def forward_metadata() -> tuple:
     return ((wire.FORWARDED_METADATA_KEY, "1"),)
 
 
-class FlowService(ScheduleRpcs, StateRpcs, pb_grpc.FlowServicer):
+class FlowService(ScheduleRpcs, StateRpcs, VisibilityRpcs, pb_grpc.FlowServicer):
     def __init__(self, cfg: NodeConfig, router: Router, dispatchers: list):
         self.cfg = cfg
         self.router = router
@@ -261,19 +235,7 @@ class FlowService(ScheduleRpcs, StateRpcs, pb_grpc.FlowServicer):
 
     @rpc
     async def DescribeWorkflow(self, request, context):
-        workflow_id = validate.workflow_id(request.workflow_id)
-        run_id = validate.run_id(request.run_id) if request.run_id else None
-        shard = self.router.shard_of(workflow_id)
-
-        async def local(replica):
-            record = await replica.read(lambda txn: queries.describe(txn, workflow_id, run_id))
-            return pb.DescribeWorkflowResponse(workflow=workflow_info(record, shard))
-
-        async def remote(address):
-            return await self.router.flow_stub(address).DescribeWorkflow(
-                request, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S)
-
-        return await self.router.on_leader(shard, context, local, remote)
+        return await self.describe_workflow(request, context)
 
     async def _close_request(self, kind: str, request, context, method: str):
         workflow_id = validate.workflow_id(request.workflow_id)
@@ -366,28 +328,11 @@ class FlowService(ScheduleRpcs, StateRpcs, pb_grpc.FlowServicer):
 
     @rpc
     async def ListWorkflows(self, request, context):
-        statuses = tuple(request.statuses)
-        for status in statuses:
-            if status not in model.WORKFLOW_STATUSES:
-                raise InvalidArgument(f"unknown status {status!r}; one of "
-                                      f"{', '.join(model.WORKFLOW_STATUSES)}", field="statuses")
-        types = tuple(validate.type_name(t) for t in request.workflow_types)
-        builds = tuple(validate.identifier(b, "build_id", limits.build_id_bytes_max)
-                       for b in request.build_ids)
-        page_size = min(request.page_size or limits.list_page_size_default,
-                        limits.list_page_size_max)
-        fingerprint = listing.filter_fingerprint(statuses, types, builds)
-        after = listing.decode_token(bytes(request.page_token), fingerprint)
-        shard_request = dict(after=after, statuses=statuses, workflow_types=types,
-                             page_size=page_size, build_ids=builds)
-        pages = await asyncio.gather(*(
-            list_shard(self.router, shard, context, shard_request)
-            for shard in range(self.cfg.shards)))
-        items, next_after = listing.merge(list(pages), page_size,
-                                          key=lambda info: info.workflow_id)
-        return pb.ListWorkflowsResponse(
-            workflows=items,
-            next_page_token=listing.encode_token(next_after, fingerprint) if next_after else b"")
+        return await self.list_workflows(request, context)
+
+    @rpc
+    async def ListSupervisors(self, request, context):
+        return await self.list_supervisors(request, context)
 
     # Schedules: flow.schedule_service.
     @rpc
@@ -474,24 +419,6 @@ class FlowService(ScheduleRpcs, StateRpcs, pb_grpc.FlowServicer):
                      for r in self.router.replicas])
 
 
-async def list_shard(router: Router, shard: int, context, req: dict) -> dict:
-    """One shard's page from its leader: {items: [WorkflowInfo], resume_after, exhausted}."""
-    async def local(replica):
-        page = await replica.read(lambda txn: queries.list_page(
-            txn, after=req["after"], statuses=req["statuses"], types=req["workflow_types"],
-            page_size=req["page_size"], builds=req["build_ids"]))
-        return dict(page, items=[workflow_info(r, shard) for r in page["items"]])
-
-    async def remote(address):
-        answer = await router.peer_stub(address).ListShard(
-            pb.ListShardRequest(shard=shard, **req), metadata=forward_metadata(),
-            timeout=FORWARD_TIMEOUT_S)
-        return {"items": list(answer.workflows), "resume_after": answer.resume_after or None,
-                "exhausted": answer.exhausted}
-
-    return await router.on_leader(shard, context, local, remote)
-
-
 def local_status(cfg: NodeConfig, replicas: list[ShardReplica]) -> list:
     out = []
     for replica in replicas:
@@ -522,14 +449,23 @@ class PeerService(pb_grpc.PeerServicer):
         if request.shard >= self.cfg.shards:
             raise InvalidArgument(f"shard {request.shard} does not exist "
                                   f"(the cluster has {self.cfg.shards})", field="shard")
-        req = dict(after=request.after, statuses=tuple(request.statuses),
-                   workflow_types=tuple(request.workflow_types),
-                   page_size=min(request.page_size or 1, limits.list_page_size_max),
-                   build_ids=tuple(request.build_ids))
-        page = await list_shard(self.router, request.shard, context, req)
-        return pb.ListShardResponse(
-            workflows=page["items"],
-            resume_after=page["resume_after"] or "", exhausted=page["exhausted"])
+        order, flt = list_request(request)
+        page = await list_shard(self.router, request.shard, context, order, flt,
+                                bytes(request.after),
+                                min(request.page_size or 1, limits.list_page_size_max))
+        return pb.ListShardResponse(workflows=page["items"], exhausted=page["exhausted"],
+                                    resume_after=page["resume_after"] or b"")
+
+    @rpc
+    async def ListShardSupervisors(self, request, context):
+        if request.shard >= self.cfg.shards:
+            raise InvalidArgument(f"shard {request.shard} does not exist "
+                                  f"(the cluster has {self.cfg.shards})", field="shard")
+        replica = self.router.replicas[request.shard]
+        if not replica.is_leader():
+            raise NotLeader(f"this node does not lead shard {request.shard}",
+                            shard=request.shard, leader_hint=replica.leader_hint())
+        return supervisors_answer(await replica.read(queries.supervisors))
 
     @rpc
     async def ListShardSchedules(self, request, context):

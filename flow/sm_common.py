@@ -67,7 +67,25 @@ def load_workflow(txn: Txn, workflow_id: str) -> dict | None:
 
 
 def save_workflow(txn: Txn, record: dict) -> None:
-    txn.put(keys.WORKFLOWS, keys.workflow_key(record["workflow_id"]), codec.pack(record))
+    """Write a workflow's current-run row and keep its visibility index (by start and by
+    close time) in step, in the same transaction."""
+    key = keys.workflow_key(record["workflow_id"])
+    old_raw = txn.get(keys.WORKFLOWS, key)
+    old = codec.unpack(old_raw) if old_raw is not None else {}
+    _reindex(txn, keys.BY_START, record["workflow_id"], old.get("start_time_ms"),
+             record.get("start_time_ms"))
+    _reindex(txn, keys.BY_CLOSE, record["workflow_id"], old.get("close_time_ms"),
+             record.get("close_time_ms"))
+    txn.put(keys.WORKFLOWS, key, codec.pack(record))
+
+
+def _reindex(txn: Txn, field: bytes, workflow_id: str, old_ms, new_ms) -> None:
+    if old_ms == new_ms:
+        return
+    if old_ms:
+        txn.delete(keys.WORKFLOWS_BY_TIME, keys.by_time_key(field, old_ms, workflow_id))
+    if new_ms:
+        txn.put(keys.WORKFLOWS_BY_TIME, keys.by_time_key(field, new_ms, workflow_id), b"")
 
 
 def current_run(txn: Txn, workflow_id: str, run_id: str) -> dict | None:

@@ -146,6 +146,7 @@ def attempt_failed(ctx: c.Ctx, task: dict, record: dict, error: dict, retryable:
                                      "run is due before the retry)")[:8192])
     if retryable and retry.retries_after(policy, task["attempt"], error["type"]):
         task["status"] = c.BACKOFF
+        task["last_error"] = error  # for describe: why the task is waiting to retry
         task["timers"] = {c.TIMER_TASK_RETRY: c.set_timer(ctx, retry_at_ms, task["workflow_id"], {
             "kind": c.TIMER_TASK_RETRY, "run_id": task["run_id"], "key": task["key"],
             "attempt": task["attempt"]})}

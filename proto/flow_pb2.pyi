@@ -394,25 +394,71 @@ class WorkflowInfo(_message.Message):
     build_id: str
     def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., status: _Optional[str] = ..., start_time_ms: _Optional[int] = ..., close_time_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., history_length: _Optional[int] = ..., shard: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[str] = ..., queued_on: _Optional[str] = ..., workflow_task_failure: _Optional[str] = ..., open_tasks: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., continued_as_run_id: _Optional[str] = ..., continued_from_run_id: _Optional[str] = ..., history_bytes: _Optional[int] = ..., continue_as_new_suggested: _Optional[bool] = ..., build_id: _Optional[str] = ...) -> None: ...
 
+class PendingTask(_message.Message):
+    __slots__ = ("key", "task_type", "state", "attempt", "scheduled_time_ms", "supervisor_id", "last_failure", "retry_time_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    task_type: str
+    state: str
+    attempt: int
+    scheduled_time_ms: int
+    supervisor_id: str
+    last_failure: str
+    retry_time_ms: int
+    def __init__(self, key: _Optional[str] = ..., task_type: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_time_ms: _Optional[int] = ..., supervisor_id: _Optional[str] = ..., last_failure: _Optional[str] = ..., retry_time_ms: _Optional[int] = ...) -> None: ...
+
+class PendingTimer(_message.Message):
+    __slots__ = ("key", "fire_time_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FIRE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    fire_time_ms: int
+    def __init__(self, key: _Optional[str] = ..., fire_time_ms: _Optional[int] = ...) -> None: ...
+
 class DescribeWorkflowResponse(_message.Message):
-    __slots__ = ("workflow",)
+    __slots__ = ("workflow", "pending_tasks", "pending_timers", "pending_truncated")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    PENDING_TASKS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_TIMERS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     workflow: WorkflowInfo
-    def __init__(self, workflow: _Optional[_Union[WorkflowInfo, _Mapping]] = ...) -> None: ...
+    pending_tasks: _containers.RepeatedCompositeFieldContainer[PendingTask]
+    pending_timers: _containers.RepeatedCompositeFieldContainer[PendingTimer]
+    pending_truncated: bool
+    def __init__(self, workflow: _Optional[_Union[WorkflowInfo, _Mapping]] = ..., pending_tasks: _Optional[_Iterable[_Union[PendingTask, _Mapping]]] = ..., pending_timers: _Optional[_Iterable[_Union[PendingTimer, _Mapping]]] = ..., pending_truncated: _Optional[bool] = ...) -> None: ...
 
 class ListWorkflowsRequest(_message.Message):
-    __slots__ = ("statuses", "workflow_types", "page_size", "page_token", "build_ids")
+    __slots__ = ("statuses", "workflow_types", "page_size", "page_token", "build_ids", "workflow_id_prefix", "start_time_from_ms", "start_time_to_ms", "close_time_from_ms", "close_time_to_ms", "order_by")
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BUILD_IDS_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_TO_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_TIME_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_TIME_TO_MS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[str]
     workflow_types: _containers.RepeatedScalarFieldContainer[str]
     page_size: int
     page_token: bytes
     build_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[bytes] = ..., build_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    workflow_id_prefix: str
+    start_time_from_ms: int
+    start_time_to_ms: int
+    close_time_from_ms: int
+    close_time_to_ms: int
+    order_by: str
+    def __init__(self, statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[bytes] = ..., build_ids: _Optional[_Iterable[str]] = ..., workflow_id_prefix: _Optional[str] = ..., start_time_from_ms: _Optional[int] = ..., start_time_to_ms: _Optional[int] = ..., close_time_from_ms: _Optional[int] = ..., close_time_to_ms: _Optional[int] = ..., order_by: _Optional[str] = ...) -> None: ...
 
 class ListWorkflowsResponse(_message.Message):
     __slots__ = ("workflows", "next_page_token")
@@ -421,6 +467,34 @@ class ListWorkflowsResponse(_message.Message):
     workflows: _containers.RepeatedCompositeFieldContainer[WorkflowInfo]
     next_page_token: bytes
     def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., next_page_token: _Optional[bytes] = ...) -> None: ...
+
+class ListSupervisorsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SupervisorInfo(_message.Message):
+    __slots__ = ("supervisor_id", "build_id", "workflow_types", "task_types", "registered_time_ms", "shards")
+    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    supervisor_id: str
+    build_id: str
+    workflow_types: _containers.RepeatedScalarFieldContainer[str]
+    task_types: _containers.RepeatedScalarFieldContainer[str]
+    registered_time_ms: int
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, supervisor_id: _Optional[str] = ..., build_id: _Optional[str] = ..., workflow_types: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[str]] = ..., registered_time_ms: _Optional[int] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ListSupervisorsResponse(_message.Message):
+    __slots__ = ("supervisors", "unanswered_shards")
+    SUPERVISORS_FIELD_NUMBER: _ClassVar[int]
+    UNANSWERED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    supervisors: _containers.RepeatedCompositeFieldContainer[SupervisorInfo]
+    unanswered_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, supervisors: _Optional[_Iterable[_Union[SupervisorInfo, _Mapping]]] = ..., unanswered_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CancelWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "run_id", "reason", "request_id")
@@ -590,30 +664,48 @@ class DeliverOutboxResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListShardRequest(_message.Message):
-    __slots__ = ("shard", "after", "statuses", "workflow_types", "page_size", "build_ids")
+    __slots__ = ("shard", "statuses", "workflow_types", "page_size", "build_ids", "after", "order_by", "workflow_id_prefix", "start_time_from_ms", "start_time_to_ms", "close_time_from_ms", "close_time_to_ms")
     SHARD_FIELD_NUMBER: _ClassVar[int]
-    AFTER_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     BUILD_IDS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_TO_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_TIME_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_TIME_TO_MS_FIELD_NUMBER: _ClassVar[int]
     shard: int
-    after: str
     statuses: _containers.RepeatedScalarFieldContainer[str]
     workflow_types: _containers.RepeatedScalarFieldContainer[str]
     page_size: int
     build_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, shard: _Optional[int] = ..., after: _Optional[str] = ..., statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., build_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    after: bytes
+    order_by: str
+    workflow_id_prefix: str
+    start_time_from_ms: int
+    start_time_to_ms: int
+    close_time_from_ms: int
+    close_time_to_ms: int
+    def __init__(self, shard: _Optional[int] = ..., statuses: _Optional[_Iterable[str]] = ..., workflow_types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., build_ids: _Optional[_Iterable[str]] = ..., after: _Optional[bytes] = ..., order_by: _Optional[str] = ..., workflow_id_prefix: _Optional[str] = ..., start_time_from_ms: _Optional[int] = ..., start_time_to_ms: _Optional[int] = ..., close_time_from_ms: _Optional[int] = ..., close_time_to_ms: _Optional[int] = ...) -> None: ...
 
 class ListShardResponse(_message.Message):
-    __slots__ = ("workflows", "resume_after", "exhausted")
+    __slots__ = ("workflows", "exhausted", "resume_after")
     WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
-    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     workflows: _containers.RepeatedCompositeFieldContainer[WorkflowInfo]
-    resume_after: str
     exhausted: bool
-    def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., resume_after: _Optional[str] = ..., exhausted: _Optional[bool] = ...) -> None: ...
+    resume_after: bytes
+    def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowInfo, _Mapping]]] = ..., exhausted: _Optional[bool] = ..., resume_after: _Optional[bytes] = ...) -> None: ...
+
+class ListShardSupervisorsRequest(_message.Message):
+    __slots__ = ("shard",)
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    def __init__(self, shard: _Optional[int] = ...) -> None: ...
 
 class GetLocalStatusRequest(_message.Message):
     __slots__ = ()

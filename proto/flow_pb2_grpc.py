@@ -58,6 +58,11 @@ class FlowStub:
                 request_serializer=coda_dot_api_dot_flow__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=coda_dot_api_dot_flow__pb2.GetClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.ListSupervisors = channel.unary_unary(
+                '/coda.api.v1.Flow/ListSupervisors',
+                request_serializer=coda_dot_api_dot_flow__pb2.ListSupervisorsRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ListSupervisorsResponse.FromString,
+                _registered_method=True)
         self.GetShardMap = channel.unary_unary(
                 '/coda.api.v1.Flow/GetShardMap',
                 request_serializer=coda_dot_api_dot_flow__pb2.GetShardMapRequest.SerializeToString,
@@ -167,6 +172,13 @@ class FlowServicer:
 
     def GetClusterStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSupervisors(self, request, context):
+        """Supervisors with a live lease and the types each registered.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -306,6 +318,11 @@ def add_FlowServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=coda_dot_api_dot_flow__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=coda_dot_api_dot_flow__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'ListSupervisors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSupervisors,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.ListSupervisorsRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ListSupervisorsResponse.SerializeToString,
             ),
             'GetShardMap': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShardMap,
@@ -500,6 +517,33 @@ class Flow:
             '/coda.api.v1.Flow/GetClusterStatus',
             coda_dot_api_dot_flow__pb2.GetClusterStatusRequest.SerializeToString,
             coda_dot_api_dot_flow__pb2.GetClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSupervisors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Flow/ListSupervisors',
+            coda_dot_api_dot_flow__pb2.ListSupervisorsRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ListSupervisorsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -966,6 +1010,11 @@ class PeerStub:
                 request_serializer=coda_dot_api_dot_flow__pb2.ListShardRequest.SerializeToString,
                 response_deserializer=coda_dot_api_dot_flow__pb2.ListShardResponse.FromString,
                 _registered_method=True)
+        self.ListShardSupervisors = channel.unary_unary(
+                '/coda.api.v1.Peer/ListShardSupervisors',
+                request_serializer=coda_dot_api_dot_flow__pb2.ListShardSupervisorsRequest.SerializeToString,
+                response_deserializer=coda_dot_api_dot_flow__pb2.ListSupervisorsResponse.FromString,
+                _registered_method=True)
         self.DeliverOutbox = channel.unary_unary(
                 '/coda.api.v1.Peer/DeliverOutbox',
                 request_serializer=coda_dot_api_dot_flow__pb2.DeliverOutboxRequest.SerializeToString,
@@ -998,6 +1047,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListShardSupervisors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeliverOutbox(self, request, context):
         """A message from one shard's outbox to another shard (a child workflow's start, or its
         outcome for the parent), proposed by this node if it leads `shard`, else NOT_LEADER.
@@ -1025,6 +1080,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ListShard,
                     request_deserializer=coda_dot_api_dot_flow__pb2.ListShardRequest.FromString,
                     response_serializer=coda_dot_api_dot_flow__pb2.ListShardResponse.SerializeToString,
+            ),
+            'ListShardSupervisors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShardSupervisors,
+                    request_deserializer=coda_dot_api_dot_flow__pb2.ListShardSupervisorsRequest.FromString,
+                    response_serializer=coda_dot_api_dot_flow__pb2.ListSupervisorsResponse.SerializeToString,
             ),
             'DeliverOutbox': grpc.unary_unary_rpc_method_handler(
                     servicer.DeliverOutbox,
@@ -1095,6 +1155,33 @@ class Peer:
             '/coda.api.v1.Peer/ListShard',
             coda_dot_api_dot_flow__pb2.ListShardRequest.SerializeToString,
             coda_dot_api_dot_flow__pb2.ListShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShardSupervisors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coda.api.v1.Peer/ListShardSupervisors',
+            coda_dot_api_dot_flow__pb2.ListShardSupervisorsRequest.SerializeToString,
+            coda_dot_api_dot_flow__pb2.ListSupervisorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -117,6 +117,30 @@ class LmdbTxn:
                 return
             yield bytes(key), bytes(value)
 
+    def scan_reverse(self, db: str, *, prefix: bytes = b"",
+                     before: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        bounds = [b for b in (before, _prefix_end(prefix)) if b is not None]
+        upper = min(bounds) if bounds else None
+        if upper is None:
+            found = cursor.last()
+        else:  # the first key >= upper, then one back: the last key < upper
+            found = cursor.prev() if cursor.set_range(upper) else cursor.last()
+        while found:
+            key = cursor.key()
+            if not key.startswith(prefix):
+                return  # below the prefix: every key from here on is too
+            yield bytes(key), bytes(cursor.value())
+            found = cursor.prev()
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with prefix (None: no such key)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
 
 class ShardStore:
     """The LMDB environment of one shard replica, at `path` (a directory)."""

@@ -52,10 +52,13 @@ DECLARED_TYPES = "declared_types"
 OUTBOX = "outbox"
 SCHEDULES = "schedules"
 BROADCASTS = "broadcasts"
+# Visibility index of current runs by time: started (b"s") and closed (b"c") keys, each
+# u64 ms + workflow id -> b"". Kept by sm_common.save_workflow, read by queries.list_page.
+WORKFLOWS_BY_TIME = "workflows_by_time"
 
 ALL_DBS = (META, WORKFLOWS, RUNS, HISTORY, QUEUES, QUEUE_COUNTS, TIMERS, STATE, REQUESTS,
            REQUESTS_BY_TIME, TASKS, ASSIGNMENTS, SUPERVISORS, DECLARED_TYPES, OUTBOX, SCHEDULES,
-           BROADCASTS)
+           BROADCASTS, WORKFLOWS_BY_TIME)
 
 META_APPLIED_INDEX = b"applied_index"
 META_SHARD_ID = b"shard_id"
@@ -74,6 +77,20 @@ def from_u64(data: bytes) -> int:
 
 def workflow_key(workflow_id: str) -> bytes:
     return workflow_id.encode()
+
+
+BY_START = b"s"
+BY_CLOSE = b"c"
+
+
+def by_time_key(field: bytes, time_ms: int, workflow_id: str) -> bytes:
+    """A WORKFLOWS_BY_TIME key; its bytes sort by (time, workflow id)."""
+    return field + u64(time_ms) + workflow_id.encode()
+
+
+def by_time_parts(key: bytes) -> tuple[int, str]:
+    """(time_ms, workflow_id) of a WORKFLOWS_BY_TIME key."""
+    return from_u64(key[1:9]), key[9:].decode()
 
 
 def run_key(workflow_id: str, run_id: str) -> bytes:

@@ -19,3 +19,8 @@ class Txn(Protocol):
     def scan(self, db: str, *, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Keys >= max(prefix, start) that begin with prefix, in byte order."""
         ...
+
+    def scan_reverse(self, db: str, *, prefix: bytes = b"",
+                     before: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Keys that begin with prefix and are < before (None: no bound), last first."""
+        ...

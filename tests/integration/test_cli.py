@@ -230,13 +230,15 @@ def test_list_filters_and_paging(cluster):
     failed(coda("workflow", "list", "--status", "SLEEPING", address=cluster.address), 2,
            "--status", "SLEEPING")
 
-    # Human output: one row per workflow and the token to continue with.
+    # Human output: a header, one row per workflow, a count and the token to continue with.
     human = ok(coda("workflow", "list", "--type", type_b, "--page-size", "2",
                     address=cluster.address)).splitlines()
-    assert [line.split()[0] for line in human[:2]] == ids_b[:2], human
-    assert all(type_b in line and "RUNNING" in line for line in human[:2]), human
-    assert len(human) == 3 and human[2].startswith("next page: --page-token "), human
-    human_token = human[2].split()[-1]
+    assert human[0].split()[:3] == ["WORKFLOW", "ID", "TYPE"], human
+    assert [line.split()[0] for line in human[1:3]] == ids_b[:2], human
+    assert all(type_b in line and "RUNNING" in line for line in human[1:3]), human
+    assert len(human) == 5 and human[3] == "(2 workflows)", human
+    assert human[4].startswith("next page: --page-token "), human
+    human_token = human[4].split()[-1]
     rest = listing("--type", type_b, "--page-size", "2", "--page-token", human_token)
     assert [w["workflow_id"] for w in rest["workflows"]] == ids_b[2:], rest
 
