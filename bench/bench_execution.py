@@ -44,6 +44,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import coda  # noqa: E402
+from coda.client.progress import Progress  # noqa: E402
 from coda.supervisor.supervisor import SLOTS_PER_WORKER  # noqa: E402
 from harness import Cluster, SupervisorProcess  # noqa: E402
 
@@ -336,6 +337,7 @@ async def w_seq(client: coda.Client, n: int, prefix: str, timeout_s: float, pids
     """n workflows of SEQ_TASKS sequential tasks, all in flight at once, with the CPU used
     (also net of what the Coda processes burn when idle, `idle_cores`)."""
     latencies, errors = [], {}
+    progress = Progress("  W-seq:", "workflows", total=n)
 
     async def one(i: int) -> None:
         try:
@@ -344,11 +346,13 @@ async def w_seq(client: coda.Client, n: int, prefix: str, timeout_s: float, pids
             latencies.append(total)
         except coda.CodaError as exc:
             count_error(errors, exc)
+        progress.add(1)
 
     counters = await asyncio.to_thread(flow_counters, cluster)
     async with HealthSampler(supervisor) as health:
         with CpuMeter(pids) as meter:
             await asyncio.gather(*(one(i) for i in range(n)))
+    progress.done()
     flow = flow_per_workflow(counters, await asyncio.to_thread(flow_counters, cluster), n)
     elapsed, cpu = meter.seconds, meter.coda["total"]
     done = len(latencies)
@@ -384,7 +388,9 @@ async def w_fan(client: coda.Client, fan: int, runs: int, prefix: str, timeout_s
 async def w_lat(client: coda.Client, count: int, prefix: str, timeout_s: float) -> dict:
     """`count` single-task workflows one after another: start -> result() latency."""
     totals, starts, errors, walls = [], [], {}, {}
+    progress = Progress("  W-lat:", "workflows", total=count)
     for i in range(count):
+        progress.add(1)
         wall: list[float] = []
         try:
             start, total = await run_one(client, workloads.one, {}, f"{prefix}-{i}", timeout_s,
@@ -394,6 +400,7 @@ async def w_lat(client: coda.Client, count: int, prefix: str, timeout_s: float) 
             walls[f"{prefix}-{i}"] = wall
         except coda.CodaError as exc:
             count_error(errors, exc)
+    progress.done()
     return {"workflows": count, "completed": len(totals), "p50_ms": pct_ms(totals, 0.5),
             "p99_ms": pct_ms(totals, 0.99), "min_ms": pct_ms(totals, 0.0),
             "start_p50_ms": pct_ms(starts, 0.5), "start_p99_ms": pct_ms(starts, 0.99),

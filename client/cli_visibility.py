@@ -16,6 +16,7 @@ import click
 
 from coda.client.cli import (Ctx, _compact, _emit, _run, _time, _use_json, event_to_json,
                              json_flag, plain, supervisor, workflow)
+from coda.client.progress import Progress
 from coda.flow import model, visibility
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -45,28 +46,6 @@ class TimeBound(click.ParamType):
             self.fail(f"{value!r} has no UTC offset: add one such as Z or +02:00",
                       param, click_ctx)
         return int(moment.timestamp() * 1000)
-
-
-class Progress:
-    """`listed N workflows (P pages, R/s)` on one rewritten stderr line."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.started_s = time.monotonic()
-        self.pages = 0
-        self.items = 0
-
-    def page(self, count: int) -> None:
-        self.pages += 1
-        self.items += count
-        if self.enabled:
-            rate = self.items / max(time.monotonic() - self.started_s, 1e-6)
-            click.echo(f"\rlisted {self.items:,} workflows ({self.pages} pages, "
-                       f"{rate:,.0f}/s)", err=True, nl=False)
-
-    def done(self) -> None:
-        if self.enabled and self.pages:
-            click.echo(err=True)
 
 
 @workflow.command("list")
@@ -100,7 +79,8 @@ def workflow_list(ctx: Ctx, statuses, types, build_ids, id_prefix, started_after
                    workflow_id_prefix=id_prefix, start_time_from_ms=started_after,
                    start_time_to_ms=started_before, close_time_from_ms=closed_after,
                    close_time_to_ms=closed_before, order_by=order_by)
-    meter = Progress(fetch_all and (progress if progress is not None else sys.stderr.isatty()))
+    meter = Progress("listed", "workflows", enabled=fetch_all and (
+        progress if progress is not None else sys.stderr.isatty()))
     items: list[dict] = []
     token = page_token.encode()
     with ctx.client() as client:
@@ -108,7 +88,7 @@ def workflow_list(ctx: Ctx, statuses, types, build_ids, id_prefix, started_after
             page, token = _run(lambda: client.list_workflows(
                 page_size=page_size, page_token=token, **filters))
             items += page
-            meter.page(len(page))
+            meter.add(len(page), step="pages")
             if not (fetch_all and token):
                 break
     meter.done()
