@@ -390,7 +390,6 @@ async def w_lat(client: coda.Client, count: int, prefix: str, timeout_s: float) 
     totals, starts, errors, walls = [], [], {}, {}
     progress = Progress("  W-lat:", "workflows", total=count)
     for i in range(count):
-        progress.add(1)
         wall: list[float] = []
         try:
             start, total = await run_one(client, workloads.one, {}, f"{prefix}-{i}", timeout_s,
@@ -400,6 +399,7 @@ async def w_lat(client: coda.Client, count: int, prefix: str, timeout_s: float) 
             walls[f"{prefix}-{i}"] = wall
         except coda.CodaError as exc:
             count_error(errors, exc)
+        progress.add(1)
     progress.done()
     return {"workflows": count, "completed": len(totals), "p50_ms": pct_ms(totals, 0.5),
             "p99_ms": pct_ms(totals, 0.99), "min_ms": pct_ms(totals, 0.0),
