@@ -42,10 +42,27 @@ class _World:
     """What a local run reads and sends outside itself: broadcasts and other workflows'
     state given by the test; signals to other workflows recorded as delivered."""
 
-    def __init__(self, broadcasts, workflow_states):
+    def __init__(self, broadcasts, workflow_states, start_time_ms: int = 0):
         self.broadcasts = dict(broadcasts or {})
         self.workflow_states = dict(workflow_states or {})
         self.sent: list = []
+        self.now_ms = start_time_ms
+        self.timers: list[tuple[int, str]] = []  # (fire_at_ms, key) started, not fired
+
+    def start_timer(self, command: dict) -> list[dict]:
+        fire_at_ms = self.now_ms + command["delay_ms"]
+        self.timers.append((fire_at_ms, command["key"]))
+        return [{"type": "TimerStarted", "key": command["key"], "fire_at_ms": fire_at_ms}]
+
+    def skip_time(self) -> list[dict]:
+        """Time skipping: the run waits on nothing but time, so the soonest timer fires
+        now and the clock moves to it (the run's now() reads it)."""
+        if not self.timers:
+            return []
+        self.timers.sort()
+        fire_at_ms, key = self.timers.pop(0)
+        self.now_ms = max(self.now_ms, fire_at_ms)
+        return [{"type": "TimerFired", "key": key, "time_ms": self.now_ms}]
 
     def resolve(self, kind: str, params: dict, min_version: int) -> dict:
         if kind == "broadcast":
@@ -71,6 +88,10 @@ class _World:
                      "workflow_id": command["workflow_id"], "name": command["name"]},
                     {"type": "SignalExternalSent", "key": command["key"]}]
         return []
+
+
+# Events that let a waiting run go on; a step with none of them waits on time alone.
+_PROGRESS = ("TaskCompleted", "TaskFailed", "ChildWorkflowClosed", "SignalExternalSent")
 
 
 def _signal_events(signals) -> list[dict]:
@@ -115,14 +136,16 @@ async def run_locally(workflow_fn, args: dict | None = None, *, tasks=None,
     """Run `workflow_fn` to completion in this process; raises WorkflowFailedError.
 
     signals: [(name, payload), ...] waiting for the run when it starts; broadcasts:
-    {name: value}; workflow_states: {(workflow_id, key): value} for get_state of others."""
+    {name: value}; workflow_states: {(workflow_id, key): value} for get_state of others.
+    Time is skipped: when the run waits on nothing but timers (sleep, timeouts), the
+    soonest fires at once and now() moves to it, from `start_time_ms`."""
     definition = sdk.definition_of(workflow_fn)
     if not isinstance(definition, sdk.WorkflowDefinition):
         raise InvalidArgument(f"{workflow_fn!r} is not a @coda.workflow function")
     registry = _task_registry(workflow_fn, tasks)
     history: list[dict] = _signal_events(signals)
     runs: collections.Counter = collections.Counter()
-    world = _World(broadcasts, workflow_states)
+    world = _World(broadcasts, workflow_states, start_time_ms)
     for attempt in range(1, ATTEMPTS_MAX + 1):
         run = WorkflowRun(definition, dict(args or {}),
                           RunInfo(workflow_id, "local-run", start_time_ms, attempt))
@@ -134,8 +157,12 @@ async def run_locally(workflow_fn, args: dict | None = None, *, tasks=None,
             for command in commands:
                 if command["type"] == "ScheduleTask":
                     new_events += await _schedule(command, registry, runs)
+                elif command["type"] == "StartTimer":
+                    new_events += world.start_timer(command)
                 else:
                     new_events += world.events_for(command)
+            if not final and not any(e["type"] in _PROGRESS for e in new_events):
+                new_events += world.skip_time()
             history += new_events
             if final or not new_events:
                 break

@@ -51,3 +51,36 @@ def test_saga_books_or_compensates_in_reverse_order():
     assert failed.result == {"failed": "SoldOut",
                              "compensated": ["cancelled hotel-peak-paris", "cancelled flight-peak-paris"]}
     assert failed.task_runs["book_car"] == 1, "SoldOut is non-retryable"
+
+
+def test_hello_sleeps_on_a_skipped_durable_timer():
+    from examples import hello
+    done = run(hello.hello, {"name": "Ada"}, start_time_ms=5_000)
+    assert done.result == {"greeting": "Hello, Ada!", "chars": 11}
+    assert [e["type"] for e in done.history] == [
+        "TaskScheduled", "TaskCompleted", "TimerStarted", "TimerFired", "TaskScheduled",
+        "TaskCompleted", "StateSet"]
+    fired = next(e for e in done.history if e["type"] == "TimerFired")
+    assert fired["time_ms"] == 6_000  # the clock skipped the one-second sleep
+    assert done.state == {"delivered": True}
+    assert done.task_runs == {"make_greeting": 1, "deliver": 1}
+
+
+@coda.workflow(name="t_clock")
+async def t_clock():
+    began = coda.context.now()
+    short = coda.context.sleep(2)
+    long_ = coda.context.sleep(30)
+    await short
+    after_short = (coda.context.now() - began).total_seconds()
+    await long_
+    try:
+        await coda.context.wait_signal("never", timeout=60)
+        got = "signal"
+    except TimeoutError:
+        got = "timeout"
+    return [after_short, (coda.context.now() - began).total_seconds(), got]
+
+
+def test_timers_fire_soonest_first_and_move_now():
+    assert run(t_clock, {}).result == [2.0, 90.0, "timeout"]
