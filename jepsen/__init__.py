@@ -1,0 +1,1 @@
+"""Coda's Jepsen-style fault-injection suite (issue #7)."""
