@@ -209,9 +209,13 @@ class Timers(Starts):
             if info is None:
                 continue
             events = await client.workflow_history(timer)
+            started = [e for e in events if e["type"] == "TimerStarted"]
+            fired = [e["time_ms"] for e in events if e["type"] == "TimerFired"]
+            value = {"fired": len(fired), "fired_ms": fired}
+            if started:  # the leader's clock: when it started the timer, when it was due
+                value.update(fire_at_ms=started[0]["fire_at_ms"], started_ms=started[0]["time_ms"])
             rec.write(process, "invoke", self.name, "final-timer", timer, None)
-            rec.write(process, "ok", self.name, "final-timer", timer, {
-                "fired": sum(1 for e in events if e["type"] == "TimerFired")})
+            rec.write(process, "ok", self.name, "final-timer", timer, value)
 
 
 class Register(Workload):
