@@ -53,8 +53,12 @@ def run_one(args, nemesis: str, seed: int) -> dict:
     try:
         verdict = run.execute()
     except Exception as exc:  # the run's own verdict.json says what broke
-        verdict = {"valid": False, "error": repr(exc), "nemesis": nemesis, "seed": seed,
-                   "ops": 0}
+        verdict = {"valid": False, "nemesis": nemesis, "seed": seed, "ops": 0}
+        path = os.path.join(run.dir, "verdict.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                verdict = json.load(f)
+        verdict["error"] = repr(exc)
     verdict["dir"] = run.dir
     print("  " + _line(verdict) + f" ({time.monotonic() - started:.0f} s)", flush=True)
     return verdict

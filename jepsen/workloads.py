@@ -206,12 +206,15 @@ class Timers(Starts):
         closed = await self.settle_all(client, deadline)
         process = self.base + 99
         for timer, info in closed.items():
-            if info is None:
-                continue
+            if info is None and self.started.get(timer) is None:
+                continue  # an unknown start that never closed: nothing to count
             events = await client.workflow_history(timer)
             started = [e for e in events if e["type"] == "TimerStarted"]
             fired = [e["time_ms"] for e in events if e["type"] == "TimerFired"]
-            value = {"fired": len(fired), "fired_ms": fired}
+            # read_wall_ms: a timer still due later than this (a fast leader clock set
+            # fire_at_ms far ahead) is pending at the end, not lost.
+            value = {"fired": len(fired), "fired_ms": fired,
+                     "read_wall_ms": int(time.time() * 1000)}
             if started:  # the leader's clock: when it started the timer, when it was due
                 value.update(fire_at_ms=started[0]["fire_at_ms"], started_ms=started[0]["time_ms"])
             rec.write(process, "invoke", self.name, "final-timer", timer, None)

@@ -547,17 +547,19 @@ def unavailable_reason() -> str | None:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """In the daemon: SIGTERM it (libfuse then unmounts) if the test process dies.
+    """In the daemon: SIGTERM itself (libfuse then unmounts) once the test process is gone.
 
-    Set here, after exec, not in a Popen preexec_fn: a preexec_fn forces a plain fork()
-    that runs Python in the child of a process with gRPC threads, and gRPC's fork handler
-    there aborted the child (SIGABRT, "epoll_wait error: Bad file descriptor") in a CI run.
-    Without preexec_fn, subprocess uses vfork/posix_spawn, which runs no fork handlers."""
-    import ctypes
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before prctl: nobody would signal us
+    A watcher thread polls getppid() rather than prctl(PR_SET_PDEATHSIG): that signal
+    fires when the parent *thread* that forked us exits, and a mount made from a
+    short-lived thread (the jepsen nemesis remounts after each power cut) then died with
+    it. Nor is it set in a Popen preexec_fn: that forces a plain fork() that runs Python
+    in the child of a process with gRPC threads, and gRPC's fork handler there aborted
+    the child (SIGABRT, "epoll_wait error: Bad file descriptor") in a CI run."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _fusermount() -> str:

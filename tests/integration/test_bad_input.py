@@ -245,7 +245,7 @@ def test_page_token_from_other_filters(cluster):
             c.start_workflow("paged", {}, workflow_id=f"paged-{n}")
         _, token = c.list_workflows(page_size=1)
         assert token
-        with pytest.raises(InvalidArgument, match="different filters"):
+        with pytest.raises(InvalidArgument, match="different order or filters"):
             c.list_workflows(page_token=token, statuses=[model.RUNNING])
 
 

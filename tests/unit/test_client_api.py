@@ -550,6 +550,7 @@ def test_history_json_on_the_command_line(server):
     assert events[1]["result"] == {"base64": "wQ=="}
     human = invoke("workflow", "history", "wf-1")
     assert human.exit_code == 0, human.output
-    lines = human.stdout.splitlines()
-    assert len(lines) == 2 and "WorkflowExecutionStarted" in lines[0]
-    assert 'input={"n":1}' in lines[0] and 'result={"base64":"wQ=="}' in lines[1]
+    lines = human.stdout.splitlines()  # a timeline: a header, then one line an event
+    assert len(lines) == 3 and lines[0].startswith("run started ") and "2 events" in lines[0]
+    assert "WorkflowExecutionStarted" in lines[1] and "+    0.000s" in lines[1]
+    assert 'input={"n":1}' in lines[1] and 'result={"base64":"wQ=="}' in lines[2]

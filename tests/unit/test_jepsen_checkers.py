@@ -731,6 +731,23 @@ def test_timers_flags_an_acked_timer_that_never_fired():
     assert set(start) <= set(only(result, "never-fired")["ops"])
 
 
+
+def test_timers_a_timer_due_after_the_final_read_is_pending_not_lost():
+    """A leader whose clock ran fast set fire_at_ms far ahead: unfired at the end is fine
+    while it is not due; unfired long past its time is never-fired."""
+    s = timers_history()
+    s.op(2, "start-timer", "t5", {"timer": "t5", "delay_ms": 10}, "ok", {"run_id": "r"})
+    final_timer(s, "t5", 0, fire_at_ms=400_000, read_wall_ms=130_000)
+    result = timers.check(s.ops)
+    assert result["valid"] is True and result["not_due"] == 1
+    s = timers_history()
+    start = s.op(2, "start-timer", "t5", {"timer": "t5", "delay_ms": 10}, "ok", {"run_id": "r"})
+    final_timer(s, "t5", 0, fire_at_ms=100_000, read_wall_ms=130_000)
+    result = timers.check(s.ops)
+    assert kinds(result) == ["never-fired"]
+    assert set(start) <= set(only(result, "never-fired")["ops"])
+
+
 # --- compose ---------------------------------------------------------------------------------
 
 def test_compose_verdicts():
