@@ -118,33 +118,6 @@ def main(click_ctx, address, as_json, timeout_s) -> None:
 
 
 @main.group()
-def cluster() -> None:
-    """The Flow cluster."""
-
-
-@cluster.command("status")
-@click.pass_obj
-def cluster_status(ctx: Ctx) -> None:
-    """Shards, their leaders and every replica's Raft state."""
-    def human(st):
-        click.echo(f"{st['shard_count']} shards (answered by {st['answered_by']})")
-        for s in st["shards"]:
-            flag = "" if s["leader"] else "  NO LEADER"
-            applied = [r["applied_index"] for r in s["replicas"] if r["reachable"]]
-            lag = max(applied) - min(applied) if applied else 0
-            click.echo(f"shard {s['shard']:3d}  leader {s['leader'] or '-':21s}  "
-                       f"queues {sum(s['queue_depths'].values())}{flag}"
-                       + (f"  LAG {lag}" if lag > 1000 else ""))
-            for r in s["replicas"]:
-                click.echo(f"    {r['node_id']:4s} {r['address']:21s} {r['role']:11s} "
-                           f"term {r['term']:<4d} commit {r['commit_index']:<8d} "
-                           f"applied {r['applied_index']:<8d} log {r['log_length']}")
-
-    with ctx.client() as client:
-        _emit(ctx, _run(client.cluster_status), human)
-
-
-@main.group()
 def workflow() -> None:
     """Start, wait for, inspect, cancel and list workflows."""
 
@@ -613,6 +586,7 @@ def supervisor_run(ctx: Ctx, module, workers, slots, build_id, health_port, supe
 
 
 # Commands defined elsewhere register on the groups above when imported.
+from coda.client import cli_cluster  # noqa: E402,F401
 from coda.client import cli_state  # noqa: E402,F401
 from coda.client import cli_visibility  # noqa: E402,F401
 

@@ -2,8 +2,18 @@
 
 The main thread constructs the replicas (pysyncobj's tick threads stop if the thread that
 built them dies, so they are built on the one that lives longest) and runs the asyncio
-loop serving gRPC. SIGTERM/SIGINT stop it cleanly: stop accepting requests, let those in
-flight finish for a moment, stop the Raft members, commit and close LMDB.
+loop serving gRPC: the Flow API, the peer and supervisor-session services and the
+standard gRPC health service (flow.health), all on the client port.
+
+SIGTERM/SIGINT stop it cleanly, in this order (docs/operating.md, "Stopping a node"):
+1. health goes NOT_SERVING (probes and load balancers stop sending new work here);
+2. the dispatchers stop (supervisor sessions end, so they reconnect elsewhere);
+3. the gRPC server refuses new calls and lets those in flight finish, for GRACE_S at most;
+4. each shard this node leads hands its leadership to a caught-up peer (flow.handoff),
+   now that nothing here is proposing, so no client gets an indeterminate outcome from
+   the move and the shard is leaderless for one election round trip, not for an
+   election timeout;
+5. the Raft members stop, LMDB is committed and closed.
 """
 
 from __future__ import annotations
@@ -11,22 +21,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
+from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import REGISTRY, start_http_server
 
 from coda.api import flow_pb2_grpc as pb_grpc
-from coda.flow import limits, metrics
+from coda.flow import handoff, limits, metrics
 from coda.flow.config import NodeConfig, split_host_port
 from coda.flow.dispatcher import ShardDispatcher
+from coda.flow.health import NodeHealth
 from coda.flow.outbox import OutboxCourier
 from coda.flow.replica import ShardReplica
-from coda.flow.sessions import SessionService
 from coda.flow.service import (FlowService, PeerService, Router, add_servicer,
                                channel_options)
+from coda.flow.sessions import SessionService
 
 log = logging.getLogger(__name__)
 
+# In-flight calls get this long to finish once the server stops taking new ones; then
+# they are cancelled (their clients retry on another node).
 GRACE_S = 2.0
 
 
@@ -38,8 +53,19 @@ def server_options() -> list:
                                 ("grpc.keepalive_permit_without_calls", 1)]
 
 
-async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> None:
-    loop = asyncio.get_running_loop()
+@dataclass
+class _Running:
+    """What serve() started, for _stop() to end in order."""
+    replicas: list
+    dispatchers: list = field(default_factory=list)
+    tasks: list = field(default_factory=list)
+    router: Router | None = None
+    server: grpc.aio.Server | None = None
+    health: NodeHealth | None = None
+    metrics_server: object = None
+
+
+def _start_replicas(cfg: NodeConfig, loop) -> list[ShardReplica]:
     replicas: list[ShardReplica] = []
     try:
         for shard in range(cfg.shards):
@@ -50,47 +76,73 @@ async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> No
         for replica in replicas:  # their tick threads would keep the process alive
             replica.close()
         raise
-    REGISTRY.register(metrics.QueueDepthCollector(replicas))
-    metrics_host, metrics_port = split_host_port(cfg.me.metrics, "metrics")
-    metrics_server, metrics_thread = start_http_server(metrics_port, addr=metrics_host)
+    return replicas
 
-    router = Router(cfg, replicas)
-    dispatchers = [ShardDispatcher(replica, cfg.supervisor_lease_ms) for replica in replicas]
-    couriers = [OutboxCourier(r, d, router) for r, d in zip(replicas, dispatchers)]
-    dispatcher_tasks = ([asyncio.create_task(d.run()) for d in dispatchers]
-                        + [asyncio.create_task(c.run()) for c in couriers])
+
+async def _start_server(cfg: NodeConfig, node: _Running) -> None:
+    node.router = Router(cfg, node.replicas)
+    node.dispatchers = [ShardDispatcher(r, cfg.supervisor_lease_ms) for r in node.replicas]
+    couriers = [OutboxCourier(r, d, node.router) for r, d in zip(node.replicas, node.dispatchers)]
+    node.tasks = ([asyncio.create_task(d.run()) for d in node.dispatchers]
+                  + [asyncio.create_task(c.run()) for c in couriers])
     server = grpc.aio.server(options=server_options(),
                              maximum_concurrent_rpcs=limits.grpc_concurrent_rpcs_max)
     add_servicer(server, pb_grpc.add_FlowServicer_to_server,
-                 FlowService(cfg, router, dispatchers))
-    add_servicer(server, pb_grpc.add_PeerServicer_to_server, PeerService(cfg, router))
+                 FlowService(cfg, node.router, node.dispatchers))
+    add_servicer(server, pb_grpc.add_PeerServicer_to_server, PeerService(cfg, node.router))
     add_servicer(server, pb_grpc.add_SupervisorSessionsServicer_to_server,
-                 SessionService(cfg, dispatchers))
+                 SessionService(cfg, node.dispatchers))
+    node.health = NodeHealth(node.replicas)
+    node.health.add_to(server)
     if server.add_insecure_port(cfg.me.client) == 0:
         raise OSError(f"can't bind the client address {cfg.me.client}")
+    node.server = server
+    await node.health.start()
     await server.start()
-    log.info("node %s serving %s (raft %s, metrics %s, %d shards)", cfg.node_id,
-             cfg.me.client, cfg.me.raft, cfg.me.metrics, cfg.shards)
 
+
+async def serve(cfg: NodeConfig, ready_event: asyncio.Event | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    node = _Running(_start_replicas(cfg, loop))
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready_event is not None:
-        ready_event.set()
     try:
+        REGISTRY.register(metrics.QueueDepthCollector(node.replicas))
+        metrics_host, metrics_port = split_host_port(cfg.me.metrics, "metrics")
+        node.metrics_server, _ = start_http_server(metrics_port, addr=metrics_host)
+        await _start_server(cfg, node)
+        log.info("node %s serving %s (raft %s, metrics %s, %d shards)", cfg.node_id,
+                 cfg.me.client, cfg.me.raft, cfg.me.metrics, cfg.shards)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if ready_event is not None:
+            ready_event.set()
         await stop.wait()
     finally:
-        log.info("node %s stopping", cfg.node_id)
-        for task in dispatcher_tasks:
-            task.cancel()
-        for dispatcher in dispatchers:
-            dispatcher.stop()
-        await server.stop(GRACE_S)
-        await router.close()
-        for replica in replicas:
-            replica.close()
-        metrics_server.shutdown()
-        log.info("node %s stopped", cfg.node_id)
+        await _stop(cfg, node)
+
+
+async def _stop(cfg: NodeConfig, node: _Running) -> None:
+    started_s = time.monotonic()
+    log.info("node %s stopping", cfg.node_id)
+    if node.health is not None:
+        await node.health.drain()
+    for task in node.tasks:
+        task.cancel()
+    for dispatcher in node.dispatchers:
+        dispatcher.stop()
+    if node.server is not None:
+        await node.server.stop(GRACE_S)
+    served_s = time.monotonic() - started_s
+    handed = await handoff.hand_off_all(node.replicas) if node.server is not None else {}
+    if node.router is not None:
+        await node.router.close()
+    for replica in node.replicas:
+        replica.close()
+    if node.metrics_server is not None:
+        node.metrics_server.shutdown()
+    log.info("stop took %.3f s (calls drained in %.3f s; leadership of shards %s handed "
+             "off)", time.monotonic() - started_s, served_s, sorted(handed) or "none")
+    log.info("node %s stopped", cfg.node_id)  # the last line, as operators and tests expect
 
 
 def run(cfg: NodeConfig) -> None:
