@@ -227,6 +227,7 @@ class ShardDispatcher:
                                 else 0) for item in assigned])
             session.send(pb.FlowMessage(dispatches=message))
             metrics.dispatched.labels(str(self.shard)).inc(len(assigned))
+            metrics.dispatch_batch_items.labels(str(self.shard)).observe(len(assigned))
         if len(assigned) < len(items):
             self.kick()
 
@@ -237,11 +238,10 @@ class ShardDispatcher:
             if due:
                 self._firing.update(due)
                 try:
-                    await self.replica.propose(commands.fire_timers(time_ms=now_ms(),
-                                                                    timer_keys=due))
-                except CodaError as exc:
-                    log.warning("shard %d: firing timers failed: %s", self.shard, exc)
-                    await asyncio.sleep(TIMER_POLL_S)
+                    # One command per timer kind: apply answers how many fired, so the
+                    # count per kind (retries, timeouts) is exact. Raft batches them.
+                    await asyncio.gather(*(self._fire(kind, timer_keys)
+                                           for kind, timer_keys in by_kind(due).items()))
                 finally:
                     self._firing.difference_update(due)
                 continue
@@ -249,16 +249,33 @@ class ShardDispatcher:
                 0.0, min(TIMER_POLL_S, (next_fire_ms - now_ms()) / 1000))
             await asyncio.sleep(wait_s)
 
-    def _due_timers(self) -> tuple[list[bytes], int | None]:
-        due: list[bytes] = []
+    async def _fire(self, kind: str, timer_keys: list[bytes]) -> None:
+        time_ms = now_ms()
+        label = str(self.shard)
+        for key in timer_keys:
+            metrics.timer_lag_seconds.labels(label).observe(
+                max(0, time_ms - keys.timer_fire_ms(key)) / 1000)
+        try:
+            ok = await self.replica.propose(commands.fire_timers(time_ms=time_ms,
+                                                                 timer_keys=timer_keys))
+        except CodaError as exc:
+            log.warning("shard %d: firing %s timers failed: %s", self.shard, kind, exc)
+            await asyncio.sleep(TIMER_POLL_S)
+            return
+        metrics.count_timers_fired(label, kind, ok.get("fired", 0))
+
+    def _due_timers(self) -> tuple[dict[bytes, str], int | None]:
+        """Due timers not being fired already (key -> kind, in due order), and when the
+        next one is due if none are."""
+        due: dict[bytes, str] = {}
         current_ms = now_ms()
         with self.replica.store.read() as txn:
-            for key, _ in txn.scan(keys.TIMERS):
+            for key, raw in txn.scan(keys.TIMERS):
                 fire_ms = keys.timer_fire_ms(key)
                 if fire_ms > current_ms:
                     return due, fire_ms
                 if key not in self._firing:
-                    due.append(bytes(key))
+                    due[bytes(key)] = timer_kind(raw)
                 if len(due) >= limits.timers_per_fire_max:
                     break
         return due, None
@@ -319,11 +336,13 @@ class ShardDispatcher:
                                     "result waits open; poll describe instead", shard=self.shard)
         future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(workflow_id, set()).add(future)
+        metrics.result_waiters.labels(str(self.shard)).set(self._waiting)
         return future
 
     def drop_waiter(self, workflow_id: str, future: asyncio.Future) -> None:
         waiters = self._waiters.get(workflow_id)
         self._waiting -= 1
+        metrics.result_waiters.labels(str(self.shard)).set(self._waiting)
         if waiters is not None:
             waiters.discard(future)
             if not waiters:
@@ -332,6 +351,22 @@ class ShardDispatcher:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def timer_kind(raw: bytes) -> str:
+    """A stored timer's kind (flow.sm_common.TIMER_*), for counting; "other" if unreadable."""
+    try:
+        kind = codec.unpack(raw).get("kind")
+    except Exception:  # a metric must not stop timers firing: apply judges the timer
+        return "other"
+    return kind if isinstance(kind, str) else "other"
+
+
+def by_kind(due: dict[bytes, str]) -> dict[str, list[bytes]]:
+    groups: dict[str, list[bytes]] = {}
+    for key, kind in due.items():
+        groups.setdefault(kind, []).append(key)
+    return groups
 
 
 def dispatch_of(txn, item: dict, history_after_event_id: int = 0) -> pb.Dispatch:

@@ -38,6 +38,7 @@ from coda.flow import commands, limits, metrics, queries
 from coda.flow.applier import Applier
 from coda.flow.config import NodeConfig
 from coda.flow.raft_base import DurableSyncObj, register_journal
+from coda.storage import codec, keys
 from coda.storage.env import ShardStore
 
 log = logging.getLogger(__name__)
@@ -282,14 +283,21 @@ class ShardReplica(DurableSyncObj):
         future = self.loop.create_future()
         self._in_flight += 1
         metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
+        started_s = time.perf_counter()
         try:
             self.apply_entry(data, callback=lambda result, error: self._on_result(future, result, error))
             result = await self._outcome(future, timeout_s, read_only)
+        except CodaError as exc:
+            metrics.proposal_errors.labels(self._label, exc.code).inc()
+            raise
         finally:
             self._in_flight -= 1
             metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
+            metrics.proposal_seconds.labels(self._label).observe(time.perf_counter() - started_s)
         if "error" in result:
-            raise from_wire(result["error"])
+            exc = from_wire(result["error"])
+            metrics.proposal_errors.labels(self._label, exc.code).inc()
+            raise exc
         if "effects" in result and self.effects_listener is not None:
             self.effects_listener(result["effects"])
         return result["ok"]
@@ -368,10 +376,36 @@ class ShardReplica(DurableSyncObj):
             log.warning("shard %d: can't read queue depths", self.shard, exc_info=True)
             return {}
 
+    def queue_stats(self, queues_max: int) -> dict[str, tuple[int, int | None]]:
+        """queue -> (depth, enqueue time of its oldest entry in ms), local and possibly
+        stale, for metrics. Bounded: one seek per queue, at most queues_max queues."""
+        try:
+            with self.store.read() as txn:
+                depths = queries.queue_depths(txn)
+                return {queue: (depths[queue], _oldest_enqueued_ms(txn, queue))
+                        for queue in sorted(depths)[:queues_max]}
+        except Exception:  # a scrape must not fail because one store can't be read now
+            log.warning("shard %d: can't read queue stats", self.shard, exc_info=True)
+            return {}
+
     def close(self) -> None:
         self.destroy_synchronous()
         self._commit_batch()
         self.store.close()
+
+
+def _oldest_enqueued_ms(txn, queue: str) -> int | None:
+    """The enqueue time of a queue's first entry: entries are keyed by a sequence number
+    that only grows, so the first is the oldest."""
+    scan = txn.scan(keys.QUEUES, prefix=keys.queue_prefix(queue))
+    try:
+        first = next(scan, None)
+    finally:
+        scan.close()  # close the cursor now, inside the read transaction
+    if first is None:
+        return None
+    enqueued_ms = codec.unpack(first[1]).get("enqueued_ms")
+    return enqueued_ms if isinstance(enqueued_ms, int) else None
 
 
 def _remove_snapshot_leftovers(shard_dir: str) -> None:

@@ -127,14 +127,18 @@ async def _complete(dispatcher: ShardDispatcher, session, completions,
     A completion whose outcome is unknown gets neither: the supervisor resends it."""
     replica = dispatcher.replica
     batch = list(completions)[:limits.completions_per_message_max]
+    label = str(replica.shard)
+    metrics.completion_batch_items.labels(label).observe(len(batch))
     results = await asyncio.gather(*(_complete_one(replica, c, payload_bytes_max,
                                                    history_limit) for c in batch))
     acks = pb.CompletionAcks()
-    label = str(replica.shard)
     for completion, (outcome, reason) in zip(batch, results):
         metrics.completions.labels(label, outcome).inc()
         if outcome == "accepted":
             acks.request_ids.append(completion.request_id)
+            if completion.WhichOneof("outcome") == "failure":
+                metrics.reported_failures.labels(
+                    label, "task" if completion.task_key else "workflow_task").inc()
         elif outcome == "rejected":
             acks.rejected.append(pb.Rejection(request_id=completion.request_id, reason=reason))
         elif isinstance(reason, NotLeader):
@@ -233,6 +237,7 @@ def bound_payloads(workflow_commands, payload_bytes_max: int):
 
 
 async def _task_heartbeats(dispatcher: ShardDispatcher, heartbeat) -> None:
+    metrics.task_heartbeats.labels(str(dispatcher.shard)).inc(len(heartbeat.tasks))
     for beat in heartbeat.tasks:
         try:
             await dispatcher.replica.propose(commands.task_heartbeat(

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -127,10 +128,13 @@ class Hosts:
     def _mount_lazyfs(self) -> list:
         from lazyfs import LazyFS
         mounts = []
+        # The control sockets live in a short dir: an AF_UNIX path has at most 107 bytes,
+        # and results dirs (pytest's tmp dirs above all) can be longer.
+        sockets = tempfile.mkdtemp(prefix="coda-lazyfs-")
         for i in range(3):
             fs = LazyFS(backing=os.path.join(self.out_dir, "disk", f"n{i + 1}"),
                         mountpoint=os.path.join(self.out_dir, "cluster", "data", f"n{i + 1}"),
-                        state_dir=os.path.join(self.out_dir, "lazyfs", f"n{i + 1}"))
+                        state_dir=os.path.join(sockets, f"n{i + 1}"))
             fs.mount()
             mounts.append(fs)
         return mounts
@@ -182,7 +186,9 @@ class Hosts:
             pass
         finally:
             self.cluster.close()
-            for fs in self.lazyfs or ():
+            for i, fs in enumerate(self.lazyfs or ()):
                 fs.cleanup()
+                with open(os.path.join(self.out_dir, "logs", f"lazyfs-n{i + 1}.log"), "w") as f:
+                    f.write(fs.read_log())
             if self.net:
                 self.net.teardown()

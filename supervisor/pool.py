@@ -105,6 +105,8 @@ class WorkerPool:
         self._pending: list[dict] = []
         self._types: dict | None = None
         self._stopping = False
+        self._deaths = 0      # workers that exited while the pool was not stopping
+        self._restarts = 0    # of those, restarted and ready again
 
     # --- the interface the supervisor uses ---------------------------------------------------
     async def start(self) -> dict:
@@ -165,6 +167,18 @@ class WorkerPool:
 
     def worker_pids(self) -> list[int]:
         return [s.process.pid for s in self._slots if s.live]
+
+    def worker_restarts(self) -> int:
+        return self._restarts
+
+    def statistics(self) -> dict:
+        """For metrics: per worker slot (index -> pid or None while down, items in
+        flight), items waiting for a live worker, deaths and restarts so far."""
+        return {"workers": {s.index: {"pid": s.process.pid if s.live else None,
+                                      "in_flight": len(s.process.in_flight) if s.process else 0}
+                            for s in self._slots},
+                "pending": len(self._pending), "deaths": self._deaths,
+                "restarts": self._restarts}
 
     async def stop(self, deadline_s: float) -> None:
         """Ask every worker to finish what it runs; SIGKILL what is left at the deadline."""
@@ -288,6 +302,7 @@ class WorkerPool:
 
     def _on_death(self, slot: _Slot, process: _Process, message: str) -> None:
         _log(message)
+        self._deaths += 1
         orphans, process.in_flight = process.in_flight, {}
         for item_id in orphans:
             self._emit({"op": "done", "id": item_id, "error": {
@@ -303,6 +318,7 @@ class WorkerPool:
             await asyncio.sleep(delay_s)
             try:
                 await self._spawn(slot)
+                self._restarts += 1
                 return
             except Exception as exc:  # WorkerStartError, a garbled first frame ...
                 _log(f"restarting worker {slot.index} failed, retrying: {exc}")

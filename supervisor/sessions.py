@@ -181,7 +181,13 @@ class CompletionBatcher:
 
     def ack(self, request_ids: Iterable[str]) -> list:
         """Drop committed completions; returns those that were known (repeats are harmless)."""
-        return [c for c in (self._drop(r) for r in request_ids) if c is not None]
+        return [completion for completion, _ in self.ack_timed(request_ids)]
+
+    def ack_timed(self, request_ids: Iterable[str]) -> list[tuple]:
+        """Like ack, as (completion, when it was last sent or None) pairs: the send time
+        gives the ack latency (metrics)."""
+        dropped = (self._drop_entry(r) for r in request_ids)
+        return [(entry.completion, entry.sent_s) for entry in dropped if entry is not None]
 
     def reject(self, request_ids: Iterable[str]) -> list:
         """Drop rejected completions (final: never resent); returns those that were known."""
@@ -215,14 +221,14 @@ class CompletionBatcher:
             count += 1
         return count
 
-    def _drop(self, request_id: str):
+    def _drop_entry(self, request_id: str) -> _Pending | None:
         entry = self._pending.pop(request_id, None)
         if entry is None:
             return None
         if entry.sent_s is None:  # answered while queued for a resend: rare, O(n) is fine
             self._unsent.remove(request_id)
             self._unsent_bytes -= entry.size_bytes
-        return entry.completion
+        return entry
 
 
 class CreditLedger:

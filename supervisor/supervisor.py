@@ -89,6 +89,7 @@ class Item:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     timed_out_s: float | None = None    # start_to_close_timeout passed: cancelled by us
     heartbeat_dropped: bool = False
+    received_s: float = field(default_factory=time.monotonic)  # for its duration (metrics)
 
     @property
     def ref(self) -> tuple:
@@ -105,6 +106,14 @@ class Item:
     def running_item(self) -> pb.RunningItem:
         return pb.RunningItem(workflow_id=self.workflow_id, run_id=self.run_id,
                               task_key=self.task_key, attempt=self.attempt)
+
+
+def outcome_of(completion: pb.Completion) -> str:
+    """How an item ended, for coda_supervisor_items_finished_total (a fixed set)."""
+    if completion.WhichOneof("outcome") != "failure":
+        return "completed"
+    return {TIMEOUT_ERROR: "timed_out", SHUTDOWN_ERROR: "shutdown",
+            "WorkerDied": "worker_died"}.get(completion.failure.error_type, "failed")
 
 
 def item_from_dispatch(shard: int, dispatch: pb.Dispatch) -> Item:
@@ -316,6 +325,9 @@ class Supervisor:
                                 payload_bytes_max=limits.payload_bytes_default)
         self.pool = pool
         self.metrics.watch_pool(pool)
+        self.metrics.watch_supervisor(self)
+        self.metrics.info.info({"supervisor_id": str(supervisor_id), "build_id": str(build_id),
+                                "module": str(module)})
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -491,6 +503,7 @@ class Supervisor:
 
     def on_dispatches(self, shard: int, dispatches) -> None:
         self.metrics.dispatches.labels(str(shard)).inc(len(dispatches))
+        self.metrics.dispatch_batch_items.labels(str(shard)).observe(len(dispatches))
         for dispatch in dispatches:
             self._start(shard, dispatch)
 
@@ -502,8 +515,12 @@ class Supervisor:
 
     def on_acks(self, shard: int, acks: pb.CompletionAcks) -> None:
         batcher = self.batchers[shard]
-        acked = batcher.ack(acks.request_ids)
+        acked = batcher.ack_timed(acks.request_ids)
         self.metrics.completions_acked.labels(str(shard)).inc(len(acked))
+        now_s = time.monotonic()
+        for _, sent_s in acked:
+            if sent_s is not None:
+                self.metrics.completion_ack_seconds.labels(str(shard)).observe(now_s - sent_s)
         reasons = {r.request_id: r.reason for r in acks.rejected}
         for completion in batcher.reject(reasons):
             log.warning("shard %d: Flow rejected the completion of %s/%s %s attempt %d: %s",
@@ -527,6 +544,7 @@ class Supervisor:
         while batcher.due(now_s):
             batch = batcher.take_batch(now_s)
             self.metrics.completions_sent.labels(str(shard)).inc(len(batch))
+            self.metrics.completion_batch_items.labels(str(shard)).observe(len(batch))
             messages.append(pb.SupervisorMessage(completions=pb.CompletionBatch(completions=batch)))
         if messages or not batcher.unsent:
             grant = self.ledger.take_grant(shard, blocked=batcher.full)
@@ -553,6 +571,7 @@ class Supervisor:
             tasks.append(pb.TaskHeartbeat(workflow_id=item.workflow_id, run_id=item.run_id,
                                           task_key=item.task_key, attempt=item.attempt,
                                           details=details))
+        self.metrics.heartbeats_sent.labels(str(shard)).inc()
         return pb.SupervisorMessage(heartbeat=pb.Heartbeat(sent_ms=int(time.time() * 1000),
                                                            tasks=tasks))
 
@@ -607,10 +626,12 @@ class Supervisor:
             head = [e for e in fetched if e["event_id"] <= dispatch.history_after_event_id]
             history = head + history_tail(dispatch)
         except Exception as exc:  # a workflow task failure: Flow retries it
+            self.metrics.history_fetches.labels("error").inc()
             if self._items.get(item_id) is item:
                 self._fail(item_id, "HistoryUnavailable",
                            f"could not fetch the history of {dispatch.workflow_id}: {exc}")
             return
+        self.metrics.history_fetches.labels("ok").inc()
         if self._items.get(item_id) is not item:
             return  # cancelled or the supervisor stopped meanwhile
         self.histories.put((dispatch.workflow_id, dispatch.run_id), history)
@@ -696,6 +717,8 @@ class Supervisor:
         self._task_heartbeats.pop(item_id, None)
         if item.timer is not None:
             item.timer.cancel()
+        self.metrics.item_finished(item.is_workflow_task, outcome_of(completion),
+                                   time.monotonic() - item.received_s)
         batcher = self.batchers[item.shard]
         batcher.add(completion, time.monotonic())
         self.metrics.unacked.labels(str(item.shard)).set(len(batcher))
@@ -744,6 +767,7 @@ class Supervisor:
                    and all(s["connected"] for s in sessions.values()))
         return {"supervisor_id": self.supervisor_id, "build_id": self.build_id,
                 "module": self.module, "state": self.state, "healthy": healthy,
+                "workflow_types": self.workflow_types, "task_types": self.task_types,
                 "sessions": sessions, "workers": pids, "in_flight": in_flight,
                 "items": len(self._items),
                 "history_cache": {"runs": len(self.histories), "hits": self.histories.hits,

@@ -15,6 +15,11 @@ SHARD_FAMILIES = (
     "coda_shard_proposals_in_flight", "coda_shard_leader_changes_total",
     "coda_shard_queue_depth", "coda_shard_apply_batch_entries_bucket",
     "coda_shard_apply_batch_seconds_bucket", "coda_shard_read_barriers_total",
+    "coda_shard_queue_oldest_age_seconds", "coda_shard_retries_total",
+    "coda_shard_timeouts_total", "coda_shard_timers_fired_total",
+    "coda_shard_dispatch_batch_items_bucket", "coda_shard_completion_batch_items_bucket",
+    "coda_shard_proposal_seconds_bucket", "coda_shard_timer_lag_seconds_bucket",
+    "coda_shard_result_waiters", "coda_shard_reported_failures_total",
 )
 
 
@@ -44,6 +49,10 @@ def test_metrics_follow_the_cluster(make_cluster):
             # holds the same queues once converged.
             depth = cluster.metric(i, "coda_shard_queue_depth", shard=shard, queue="wf/metered")
             assert depth == per_shard[shard], (i, shard, depth)
+            # Nobody serves "metered": its oldest entry waits since it was started.
+            age_s = cluster.metric(i, "coda_shard_queue_oldest_age_seconds", shard=shard,
+                                   queue="wf/metered")
+            assert 0 < age_s < 120, (i, shard, age_s)
             # Published by the tick thread every 0.25 s, with the status that showed
             # convergence. Seen at 0 twice in full CI runs (never alone): wait a little,
             # and say what the node exposed if it stays 0.
@@ -69,6 +78,10 @@ def test_metrics_follow_the_cluster(make_cluster):
     batches = sum(cluster.metric(i, "coda_shard_apply_batch_entries_count", shard=s)
                   for i in range(3) for s in range(2))
     assert batches >= 1
+    # Every start was a proposal timed on the leader that committed it.
+    proposals = sum(cluster.metric(i, "coda_shard_proposal_seconds_count", shard=s)
+                    for i in range(3) for s in range(2))
+    assert proposals >= len(ids)
 
 
 def assert_roles_match(cluster, shards: int, timeout_s: float = 10.0) -> None:
