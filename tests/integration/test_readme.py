@@ -74,7 +74,9 @@ EXPECT = {  # command prefix -> what its output must hold
     "coda workflow state": lambda out: out.strip() == "true",
     "coda workflow list": lambda out: re.search(r"^hello-1\s+hello\s+COMPLETED", out, re.M),
     "coda supervisor list": lambda out: "workflows: hello" in out and "make_greeting" in out,
+    "coda supervisor health": lambda out: "HEALTHY" in out and "workflow types hello" in out,
     "coda cluster status": lambda out: "NO LEADER" not in out and "shard" in out,
+    "coda cluster health": lambda out: out.count("SERVING") >= 3 and "NOT_SERVING" not in out,
     "curl": lambda out: re.search(r"^coda_shard_commit_index\{.*\} [1-9]", out, re.M),
 }
 
