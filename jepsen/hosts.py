@@ -64,7 +64,7 @@ class Hosts:
         self.available = {k for k, why in caps.items() if why is None}
         self.out_dir = out_dir
         self.node_count, self.shards = 3, shards
-        self.mode = "netns" if "netns" in want or ("netns" in self.available) else "loopback"
+        self.mode = "netns" if "netns" in self.available else "loopback"
         self.net = netns.Net(nodes=3, clients=1).setup() if self.mode == "netns" else None
         self.clock_files = [os.path.join(out_dir, f"clock-n{i + 1}") for i in range(3)]
         self.faketime = "faketime" in want
