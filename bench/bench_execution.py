@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime
 import json
 import os
@@ -49,6 +50,7 @@ from coda.supervisor.supervisor import SLOTS_PER_WORKER  # noqa: E402
 from harness import Cluster, SupervisorProcess  # noqa: E402
 
 sys.path.insert(0, HERE)
+import profiling  # noqa: E402
 import workloads  # noqa: E402  (the same module the supervisor imports: one set of names)
 
 UNDECLARED_TYPE = "bench_undeclared"
@@ -333,7 +335,8 @@ async def anatomy(client: coda.Client, walls: dict[str, list]) -> list[list]:
 
 
 async def w_seq(client: coda.Client, n: int, prefix: str, timeout_s: float, pids: dict,
-                idle_cores: float, cluster: Cluster, supervisor: SupervisorProcess) -> dict:
+                idle_cores: float, cluster: Cluster, supervisor: SupervisorProcess,
+                profile_dir: str | None = None) -> dict:
     """n workflows of SEQ_TASKS sequential tasks, all in flight at once, with the CPU used
     (also net of what the Coda processes burn when idle, `idle_cores`)."""
     latencies, errors = [], {}
@@ -349,10 +352,13 @@ async def w_seq(client: coda.Client, n: int, prefix: str, timeout_s: float, pids
         progress.add(1)
 
     counters = await asyncio.to_thread(flow_counters, cluster)
+    profiler = profiling.Profiler(pids, profile_dir) if profile_dir else contextlib.nullcontext()
     async with HealthSampler(supervisor) as health:
-        with CpuMeter(pids) as meter:
+        with profiler, CpuMeter(pids) as meter:
             await asyncio.gather(*(one(i) for i in range(n)))
     progress.done()
+    profile = {role: profiling.summarize(paths)
+               for role, paths in profiler.files().items()} if profile_dir else None
     flow = flow_per_workflow(counters, await asyncio.to_thread(flow_counters, cluster), n)
     elapsed, cpu = meter.seconds, meter.coda["total"]
     done = len(latencies)
@@ -363,7 +369,7 @@ async def w_seq(client: coda.Client, n: int, prefix: str, timeout_s: float, pids
             "cpu_ms_per_wf": per_wf(cpu),
             "cpu_ms_per_wf_above_idle": per_wf(max(0.0, cpu - idle_cores * elapsed)),
             **meter.report(), "supervisor_health": health.report(), "flow_per_wf": flow,
-            "errors": errors}
+            "profile": profile, "errors": errors}
 
 
 async def w_fan(client: coda.Client, fan: int, runs: int, prefix: str, timeout_s: float) -> dict:
@@ -434,8 +440,10 @@ async def measure(args, cluster: Cluster, supervisor: SupervisorProcess) -> dict
             print(f"start-only, {args.workflows} in flight, {tag} ...", flush=True)
             trials["start_only"].append(await start_only(client, args.workflows, f"so{t}"))
             print(f"W-seq, {args.workflows} x {SEQ_TASKS} tasks, {tag} ...", flush=True)
+            profile_dir = os.path.join(args.profile, f"trial-{t + 1}") if args.profile else None
             trials["w_seq"].append(await w_seq(client, args.workflows, f"seq{t}", args.timeout,
-                                               pids, idle["cores_busy"], cluster, supervisor))
+                                               pids, idle["cores_busy"], cluster, supervisor,
+                                               profile_dir))
             print(f"W-fan, {args.fan} tasks x {args.fan_runs} runs, {tag} ...", flush=True)
             trials["w_fan"].append(await w_fan(client, args.fan, args.fan_runs, f"fan{t}",
                                                args.timeout))
@@ -552,8 +560,14 @@ def main() -> None:
                         help="How long to measure the idle CPU of the Coda processes")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="Seconds one workflow may take before it counts as an error")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="Profile every Coda process with py-spy during W-seq; raw "
+                        "stacks go to DIR, a summary to the table and the JSON (profiling "
+                        "slows the processes a little: compare profiled runs with profiled)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
+    if args.profile and not profiling.available():
+        parser.error("--profile needs py-spy (pip install py-spy)")
 
     began, load_at_start = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="coda-bench-exec-") as root:
@@ -608,6 +622,10 @@ def main() -> None:
     }
     print()
     print_table(report)
+    if report["w_seq"].get("profile"):
+        print("\nW-seq profile (py-spy, share of samples per role):")
+        for role, summary in report["w_seq"]["profile"].items():
+            profiling.print_summary(role, summary)
     path = save_report(args.out, "execution", report)
     print(f"\nsaved {path} ({report['wall_seconds']} s)")
 

@@ -51,9 +51,12 @@ class RaftTiming:
     election_timeout_max_s: float = 3.0
     # An isolated leader steps down after this; reads never rely on it (they use a barrier).
     leader_fallback_timeout_s: float = 3.0
-    # Batching: appends every 10 ms, ticks every 5 ms (~14 ms median commit, ~10k/s).
-    append_entries_period_s: float = 0.01
-    auto_tick_period_s: float = 0.005
+    # A proposal wakes the tick thread (flow.raft_base, 8) and new entries are sent at
+    # once, so neither period adds latency: the append period is the heartbeat (and how
+    # late an idle follower learns the last commit), the tick the resolution of timers.
+    # Ticks of 5 ms burned ~0.2 cores on an idle 4-shard node; bench/bench_execution.py.
+    append_entries_period_s: float = 0.1
+    auto_tick_period_s: float = 0.05
     connection_timeout_s: float = 3.5
     connection_retry_s: float = 0.5
     # Log compaction (snapshot) triggers; tests lower them to force snapshot installs.

@@ -117,6 +117,7 @@ class ShardReplica(DurableSyncObj):
         peers = [n.raft_address(shard) for n in cfg.peers()]
         super().__init__(cfg.me.raft_address(shard), peers, conf)
         self._check_journal_covers_lmdb()
+        self.install_waker()
         self.addOnTickCallback(self._publish_status)
 
     def _check_journal_covers_lmdb(self) -> None:
@@ -286,6 +287,7 @@ class ShardReplica(DurableSyncObj):
         started_s = time.perf_counter()
         try:
             self.apply_entry(data, callback=lambda result, error: self._on_result(future, result, error))
+            self.wake()
             result = await self._outcome(future, timeout_s, read_only)
         except CodaError as exc:
             metrics.proposal_errors.labels(self._label, exc.code).inc()
@@ -390,6 +392,7 @@ class ShardReplica(DurableSyncObj):
 
     def close(self) -> None:
         self.destroy_synchronous()
+        self.close_waker()
         self._commit_batch()
         self.store.close()
 
