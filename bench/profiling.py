@@ -49,7 +49,7 @@ class Profiler:
             for pid in pids:
                 path = os.path.join(self.out_dir, f"{role}-{pid}.txt")
                 proc = subprocess.Popen(
-                    [exe, "record", "--nonblocking", "--format", "raw", "--rate",
+                    [exe, "record", "--nonblocking", "--gil", "--format", "raw", "--rate",
                      str(self.rate_hz), "--pid", str(pid), "--output", path],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 self.procs.append((role, pid, path, proc))

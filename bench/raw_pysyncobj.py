@@ -5,7 +5,8 @@ Flow's default RaftTiming, applying a no-op counter. The leader keeps `--in-flig
 commands outstanding for `--seconds` and reports commits/s and commit latency.
 
 --mode stock:   pysyncobj as shipped (journal never flushed).
---mode durable: Flow's DurableSyncObj (journal msync'd before acks, see flow/raft_base.py).
+--mode durable: Flow's DurableSyncObj (journal fdatasync'd before acks, the tick thread
+               woken by each proposal; see flow/raft_base.py).
 
 Run standalone:  python bench/raw_pysyncobj.py --mode stock --seconds 5
 (bench/bench_starts.py runs it beside the Flow measurement.)
@@ -62,6 +63,8 @@ def node_main(args) -> None:
     ports = [args.port + i for i in range(3)]
     me = f"127.0.0.1:{ports[args.index]}"
     obj = Counter(me, [f"127.0.0.1:{p}" for i, p in enumerate(ports) if i != args.index])
+    if args.mode == "durable":
+        obj.install_waker()  # as flow.replica does: a proposal wakes the tick thread
     done_path = os.path.join(args.dir, "done")
     deadline = time.monotonic() + args.seconds + 60
     while not obj._isLeader():
@@ -96,6 +99,8 @@ def drive(obj, seconds: float, in_flight: int) -> dict:
             slots.release()
 
         obj.apply_entry(PAYLOAD, callback=done)
+        if hasattr(obj, "wake"):
+            obj.wake()
 
     warmup_end = time.monotonic() + 1.0
     while time.monotonic() < warmup_end:

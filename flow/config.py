@@ -46,9 +46,12 @@ class NodeAddress:
 @dataclass(frozen=True)
 class RaftTiming:
     """pysyncobj timing, chosen deliberately (shared/notes/pysyncobj.md)."""
-    # Elections: 1.5-3 s removed spurious elections under load on this 2-core machine.
-    election_timeout_min_s: float = 1.5
-    election_timeout_max_s: float = 3.0
+    # Elections: 1.5-3 s once removed spurious elections under load on this 2-core
+    # machine, when the journal's msync held the GIL and stalled tick threads; with the
+    # flush off the GIL (flow.raft_base) 1-2 s holds, and a leader's kill -9 reaches the
+    # next commit in ~1.5-2.5 s (bench/bench_perf.py failover row).
+    election_timeout_min_s: float = 1.0
+    election_timeout_max_s: float = 2.0
     # An isolated leader steps down after this; reads never rely on it (they use a barrier).
     leader_fallback_timeout_s: float = 3.0
     # A proposal wakes the tick thread (flow.raft_base, 8) and new entries are sent at

@@ -92,6 +92,7 @@ class ShardDispatcher:
         self._heard_s: dict[str, float] = {}      # supervisor -> when last heard (monotonic)
         self._kick = asyncio.Event()
         self._claimed: set[tuple[str, int]] = set()  # queue entries in an assign in flight
+        self._assigning: set[asyncio.Task] = set()    # assigns proposed, not yet settled
         self._firing: set[bytes] = set()
         self._waiters: dict[str, set[asyncio.Future]] = {}
         self._waiting = 0
@@ -137,6 +138,9 @@ class ShardDispatcher:
             session.end(hint)
         self.sessions.clear()
         self._heard_s.clear()
+        for task in self._assigning:
+            task.cancel()
+        self._assigning.clear()
         self._claimed.clear()
         self._firing.clear()
         self.broadcast_watchers.close_all()
@@ -186,8 +190,15 @@ class ShardDispatcher:
                     items = self._pick(txn, session)
                     if items:
                         picks.append((session, items))
-            if picks:
-                await asyncio.gather(*(self._assign(s, items) for s, items in picks))
+            # Pipelined: the next round picks (skipping claimed entries) while these
+            # assigns commit, so dispatch is not one commit latency per round. Bounded:
+            # past the cap, the loop waits for one to finish.
+            for session, items in picks:
+                task = asyncio.create_task(self._assign(session, items))
+                self._assigning.add(task)
+                task.add_done_callback(self._assigning.discard)
+            while len(self._assigning) >= limits.assigns_in_flight_max:
+                await asyncio.wait(self._assigning, return_when=asyncio.FIRST_COMPLETED)
 
     def _pick(self, txn, session: Session) -> list[list]:
         wanted = min(session.credit, limits.assign_items_max)

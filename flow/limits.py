@@ -85,6 +85,8 @@ builds_per_type_max = 64
 types_per_supervisor_max = 1000
 # Items one assign / fire_timers / register command carries.
 assign_items_max = 256
+# Assign commands of one shard in flight at once (flow.dispatcher pipelines them).
+assigns_in_flight_max = 8
 timers_per_fire_max = 256
 running_items_per_hello_max = 100_000
 # A supervisor that sends nothing for this long is declared dead; its work is re-queued.

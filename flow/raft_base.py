@@ -4,7 +4,7 @@ Every trap of shared/notes/pysyncobj.md that lives inside pysyncobj is handled h
 one class, so the replica (flow.replica) reads as plain Raft:
 
 1. Nothing was fsynced. `DurableFileJournal` marks itself dirty on every write and
-   `flush()` msyncs the mmap; `DurableSyncObj` flushes (a) at the start of every tick,
+   `flush()` fdatasyncs the mmapped file (without holding the GIL); `DurableSyncObj` flushes (a) at the start of every tick,
    before the leader counts its own copy toward a commit, (b) right after becoming leader,
    and (c) on a follower, before any successful append acknowledgement leaves. So an
    entry counts toward a majority only once it is on disk, on every node that counted.
@@ -37,6 +37,12 @@ one class, so the replica (flow.replica) reads as plain Raft:
    (12 tick threads at 5 ms: ~0.2 cores doing nothing). `wake()` rouses the tick thread's
    poll through a pipe as soon as a command is queued; the tick period is then only the
    resolution of timers (elections, heartbeats), and can be long.
+9. A connection pysyncobj has not read from for connectionTimeout is dropped by the next
+   send on it, and that message with it. Followers never talk to each other, so when a
+   leader died, the first candidate's vote request to the other follower was dropped at
+   send time: the election failed and took a second election timeout (kill -9 of a
+   leader to the next commit measured 4.2-4.7 s). Every node now pings each peer once a
+   second (`coda_ping`, swallowed on receipt), so no live link goes quiet.
 
 pysyncobj private names are mangled (`_SyncObj__x`); a subclass that defines the mangled
 name overrides it. This leans on pysyncobj==0.3.17 exactly (pinned in pyproject.toml).
@@ -163,8 +169,17 @@ class DurableFileJournal(pjournal.FileJournal):
         self.dirty = False
 
     def flush(self):
+        """Make every entry written so far durable.
+
+        fdatasync of the journal's file, not pysyncobj's mmap.flush(): CPython's msync
+        holds the GIL, so each flush stalled every thread of the node (the asyncio loop
+        and the other shards' tick threads): 41% of the nodes' GIL time under W-seq
+        (bench/bench_execution.py --profile). On Linux the mmap's dirty pages are the
+        file's page cache, which fdatasync writes back (with the size, if it grew), and
+        os.fdatasync releases the GIL.
+        """
         if self.dirty:
-            pjournal.FileJournal.flush(self)
+            os.fdatasync(self._FileJournal__journalFile._ResizableFile__f.fileno())
             self.dirty = False
             self.flushes += 1
 
@@ -273,7 +288,21 @@ class DurableSyncObj(SyncObj):
     def _onTick(self, timeToWait=0.0):
         self._flush_journal()
         self._drop_stuck_connections()
+        self._ping_peers()
         return SyncObj._onTick(self, timeToWait)
+
+    # 9: keep every link read from, so a first message on it is never dropped as stale.
+    PING_PERIOD_S = 1.0
+    PING = {"type": "coda_ping"}
+
+    def _ping_peers(self) -> None:
+        now = time.monotonic()
+        if now < getattr(self, "_ping_due_s", 0.0):
+            return
+        self._ping_due_s = now + self.PING_PERIOD_S
+        transport = self._SyncObj__transport
+        for node in self._SyncObj__otherNodes:
+            transport.send(node, self.PING)  # False (not connected) is fine: nothing to keep
 
     # 7: pysyncobj never times out a connection attempt in progress; after a partition
     # heals, a dial whose SYN was dropped waits for the kernel's SYN retries (1, 2, 4 ...
@@ -332,6 +361,8 @@ class DurableSyncObj(SyncObj):
     # 4: next-index regression and truncation of applied entries.
     def _SyncObj__onMessageReceived(self, node, message):
         kind = message.get("type")
+        if kind == "coda_ping":
+            return None  # 9: its arrival already refreshed the link; nothing else to do
         if (kind == "append_entries" and "prevLogIdx" in message
                 and message.get("transmission") is None
                 and message.get("term", -1) >= self.raftCurrentTerm):

@@ -126,24 +126,30 @@ def test_a_journal_reopens_with_its_stored_term_and_vote(tmp_path):
         again._destroy()
 
 
-def test_flush_msyncs_the_journal_after_an_append(tmp_path, monkeypatch):
-    """DurableFileJournal.flush reaches the mmap's flush (msync) when entries were added."""
-    calls = []
-    real = raft_base.pjournal.ResizableFile.flush
+def test_flush_fdatasyncs_the_journal_after_an_append(tmp_path, monkeypatch):
+    """DurableFileJournal.flush fdatasyncs the journal's own file when entries were added
+    (not mmap.flush: CPython's msync holds the GIL and stalled the whole node)."""
+    journal_path = tmp_path / "raft.journal"
+    synced_inodes = []
+    real = os.fdatasync
+    monkeypatch.setattr(raft_base.os, "fdatasync",
+                        lambda fd: (synced_inodes.append(os.fstat(fd).st_ino), real(fd))[1])
     monkeypatch.setattr(raft_base.pjournal.ResizableFile, "flush",
-                        lambda self: (calls.append(1), real(self))[1])
-    journal = DurableFileJournal(str(tmp_path / "raft.journal"), str(tmp_path / "raft.snapshot"))
+                        lambda self: pytest.fail("the journal must not be msynced"))
+    journal = DurableFileJournal(str(journal_path), str(tmp_path / "raft.snapshot"))
+    inode = journal_path.stat().st_ino
     try:
-        assert calls == [1], "a new journal's header is flushed at once"
-        calls.clear()
+        assert synced_inodes == [inode], "a new journal's header is flushed at once"
+        synced_inodes.clear()
         journal.flush()
-        assert calls == [], "a clean journal needs no msync"
+        assert synced_inodes == [], "a clean journal needs no sync"
         journal.add(b"cmd", 1, 1)
         journal.flush()
-        assert calls == [1]
+        assert synced_inodes == [inode]
         journal.flush()
-        assert calls == [1]
+        assert synced_inodes == [inode]
     finally:
+        monkeypatch.undo()  # _destroy flushes the mmap itself
         journal._destroy()
 
 
