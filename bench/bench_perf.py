@@ -1,0 +1,270 @@
+"""The performance issue's table in one run: every row, the raw ceilings, JSON and plots.
+
+1. Raw ceilings on this machine, in this run (bench/raw_ceilings.py): pysyncobj commits/s
+   (three processes, Flow's durable journal), LMDB write transactions/s with Flow's sync
+   options, gRPC unary round trips/s.
+2. For each `--shards` count: a 3-node cluster (`coda-flow serve` processes) and one
+   supervisor with 2 worker processes (bench/workloads.py), then
+   - W-seq at each `--concurrency` (that many workflows of 3 sequential trivial tasks in
+     flight at once): workflows/s, p50/p99, CPU ms per workflow over every Coda process;
+   - W-lat: `--lat-count` single-task workflows one after another, p50/p99;
+   - W-fan: one workflow fanning out `--fan` tasks, seconds (median of 3).
+3. Failover: on the last cluster, W-seq load runs while the node leading shard 0 is
+   killed with SIGKILL; the time from the kill to the next acknowledged command on shard
+   0 (a start, probed every 20 ms through the surviving nodes). The node is restarted and
+   every workflow of the load must still complete.
+4. 1M stored workflows: not measured here yet (see bench/README.md).
+
+Writes bench/results/perf-<utc>.json and perf-<utc>-{throughput,latency}.png.
+
+    python bench/bench_perf.py                                  # ~6 minutes
+    python bench/bench_perf.py --shards 4 --concurrency 500 --no-failover   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_execution as bx  # noqa: E402  (the phases, CPU meter and cluster helpers)
+import raw_ceilings  # noqa: E402
+import coda  # noqa: E402
+import workloads  # noqa: E402
+
+PROBE_PERIOD_S = 0.02
+FAILOVER_TARGET_S = 3.0
+
+
+async def failover(cluster: bx.Cluster, load_workflows: int, timeout_s: float) -> dict:
+    """Kill -9 the leader of shard 0 under W-seq load; time to the next commit there."""
+    shard = 0
+    probe_ids = iter(cluster.ids_by_shard("failover-probe", 2000)[shard])
+    victim = await asyncio.to_thread(cluster.leader_node, shard)
+    survivors = [i for i in range(len(cluster.nodes)) if i != victim]
+    results: dict = {"victim_node": victim, "shard": shard}
+    async with coda.Client(cluster.address, timeout_s=timeout_s) as client, \
+            coda.Client(cluster.address_of(survivors), timeout_s=5.0) as probe:
+        handles = await asyncio.gather(*(
+            client.start_workflow(workloads.seq, {"n": bx.SEQ_TASKS}, workflow_id=f"fo-{i}")
+            for i in range(load_workflows)))
+        await asyncio.sleep(0.5)  # the load is running
+        killed_s = time.perf_counter()
+        cluster.kill(victim)
+        attempts, first_ok_s, last_error = 0, None, None
+        while time.perf_counter() - killed_s < 30:
+            attempts += 1
+            try:
+                await asyncio.wait_for(probe.start_workflow(
+                    bx.UNDECLARED_TYPE, {}, workflow_id=next(probe_ids),
+                    allow_undeclared_type=True), 1.0)
+                first_ok_s = time.perf_counter() - killed_s
+                break
+            except (coda.CodaError, TimeoutError) as exc:
+                last_error = getattr(exc, "code", None) or type(exc).__name__
+            await asyncio.sleep(PROBE_PERIOD_S)
+        results.update(next_commit_s=round(first_ok_s, 3) if first_ok_s else None,
+                       probe_attempts=attempts, last_probe_error=last_error,
+                       new_leader_node=await asyncio.to_thread(cluster.leader_node, shard)
+                       if first_ok_s else None)
+        cluster.start(victim)
+        outcomes = await asyncio.gather(*(h.result(timeout=timeout_s) for h in handles),
+                                        return_exceptions=True)
+        failed = [repr(o) for o in outcomes if isinstance(o, BaseException)]
+        results.update(load_workflows=load_workflows, load_completed=len(outcomes) - len(failed),
+                       load_failures=failed[:5])
+    return results
+
+
+async def measure_cluster(args, cluster, supervisor, shards: int) -> dict:
+    out: dict = {"shards": shards, "w_seq": [], "failover": None}
+    async with coda.Client(cluster.address, timeout_s=60.0) as client:
+        await bx.warm_up(client, args.timeout)
+        pids = bx.coda_pids(cluster, supervisor)
+        out["idle"] = await bx.idle_cpu(pids, 2.0)
+        for concurrency in args.concurrency:
+            print(f"  W-seq, {concurrency} in flight ...", flush=True)
+            trial = await bx.w_seq(client, concurrency, f"seq-{shards}-{concurrency}",
+                                   args.timeout, pids, out["idle"]["cores_busy"], cluster,
+                                   supervisor)
+            trial["concurrency"] = concurrency
+            out["w_seq"].append(trial)
+        print(f"  W-lat, {args.lat_count} in a row ...", flush=True)
+        out["w_lat"] = await bx.w_lat(client, args.lat_count, f"lat-{shards}", args.timeout)
+        print(f"  W-fan, {args.fan} tasks ...", flush=True)
+        out["w_fan"] = await bx.w_fan(client, args.fan, 3, f"fan-{shards}", args.timeout)
+    return out
+
+
+def run_cluster(args, shards: int, with_failover: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="coda-bench-perf-") as root:
+        cluster = bx.Cluster(root, shards=shards)
+        supervisor = bx.SupervisorProcess(cluster, "workloads", root=root, workers=2,
+                                          module_dir=HERE, supervisor_id="bench-supervisor")
+        try:
+            print(f"{shards} shard(s): starting 3 nodes and a supervisor ...", flush=True)
+            cluster.start()
+            cluster.wait_leaders(timeout_s=60)
+            supervisor.start()
+            supervisor.wait_connected(timeout_s=120)
+            result = asyncio.run(measure_cluster(args, cluster, supervisor, shards))
+            if with_failover:
+                print("  failover: kill -9 of shard 0's leader under W-seq ...", flush=True)
+                result["failover"] = asyncio.run(failover(cluster, args.failover_load,
+                                                          args.timeout))
+        finally:
+            supervisor.close()
+            cluster.close()
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def table_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    raw = report["ceilings"]
+    by_shards = {c["shards"]: c for c in report["clusters"]}
+    main = by_shards[max(by_shards)]
+    seq = max(main["w_seq"], key=lambda t: t["concurrency"])
+    lat, fan, fo = main["w_lat"], main["w_fan"], main["failover"]
+    rows = [
+        ("raw pysyncobj commits/s", f"{raw['pysyncobj_durable']['commits_per_s']:.0f}", "-",
+         f"3 processes, durable journal, {raw['pysyncobj_durable']['in_flight']} in flight, "
+         f"p50 {raw['pysyncobj_durable']['p50_ms']:.1f} ms"),
+        ("raw LMDB write txn/s", f"{raw['lmdb']['write_txn_per_s']}", "-",
+         f"fdatasync per commit; reads {raw['lmdb']['read_txn_per_s']}/s"),
+        ("raw gRPC round trips/s", f"{raw['grpc']['round_trips_per_s']}", "-",
+         f"{raw['grpc']['concurrency']} in flight; one at a time p50 "
+         f"{raw['grpc']['sequential_p50_ms']} ms"),
+        (f"W-seq {seq['concurrency']} x 3 tasks ({main['shards']} shards)",
+         f"{seq['wf_per_s']} wf/s", ">= 500",
+         f"p50 {seq['p50_ms']} ms, p99 {seq['p99_ms']} ms; "
+         f"{seq['flow_per_wf']['raft_entries']} Raft entries per workflow"),
+        (f"W-fan {fan['fan']} tasks", f"{fan['seconds']} s", "<= 0.3",
+         f"runs {fan['all_seconds']}"),
+        (f"W-lat ({lat['workflows']} in a row)", f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} ms",
+         "<= 10 / 30", f"start ack p50 {lat['start_p50_ms']} ms"),
+        ("CPU per W-seq workflow", f"{seq['cpu_ms_per_wf']} ms", "<= 3",
+         "nodes {nodes} s, supervisor {supervisor} s, workers {workers} s".format(**seq["cpu_s"])),
+        ("1M completed workflows stored", "not measured", "within 10 %, <= 200 MiB",
+         "no bulk loader yet (bench/README.md)"),
+    ]
+    if fo:
+        rows.append(("kill -9 of shard 0's leader under W-seq",
+                     f"{fo['next_commit_s']} s to next commit", f"<= {FAILOVER_TARGET_S:g} s",
+                     f"{fo['load_completed']}/{fo['load_workflows']} workflows of the load "
+                     "completed"))
+    for shards, cluster in sorted(by_shards.items()):
+        for t in cluster["w_seq"]:
+            rows.append((f"  sweep: {shards} shard(s), {t['concurrency']} in flight",
+                         f"{t['wf_per_s']} wf/s", "-",
+                         f"p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, {t['cpu_ms_per_wf']} ms "
+                         "CPU/wf"))
+    return rows
+
+
+def print_table(rows) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    head = ("what", "measured", "target")
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  notes")
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+
+
+def plot(report: dict, stem: str) -> list[str]:
+    """Throughput and latency versus concurrency, one line per shard count."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("warning: matplotlib is not installed (pip install -e '.[bench]'): no plots",
+              file=sys.stderr)
+        return []
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in report["clusters"]:
+        xs = [t["concurrency"] for t in c["w_seq"]]
+        ax.plot(xs, [t["wf_per_s"] for t in c["w_seq"]], marker="o", label=f"{c['shards']} shard(s)")
+    ax.axhline(500, linestyle="--", color="grey", label="target 500 wf/s")
+    ax.set(xlabel="workflows in flight", ylabel="W-seq workflows/s", title="W-seq throughput")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(f"{stem}-throughput.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for c in report["clusters"]:
+        xs = [t["concurrency"] for t in c["w_seq"]]
+        left.plot(xs, [t["p50_ms"] for t in c["w_seq"]], marker="o", label=f"{c['shards']} p50")
+        left.plot(xs, [t["p99_ms"] for t in c["w_seq"]], marker="x", linestyle=":",
+                  label=f"{c['shards']} p99")
+    left.set(xlabel="workflows in flight", ylabel="ms, start -> result",
+             title="W-seq latency by shard count")
+    left.legend(fontsize=8)
+    shards = [c["shards"] for c in report["clusters"]]
+    right.plot(shards, [c["w_lat"]["p50_ms"] for c in report["clusters"]], marker="o", label="p50")
+    right.plot(shards, [c["w_lat"]["p99_ms"] for c in report["clusters"]], marker="x", label="p99")
+    right.axhline(10, linestyle="--", color="grey", label="targets 10 / 30 ms")
+    right.axhline(30, linestyle="--", color="grey")
+    right.set(xlabel="shards", ylabel="ms", title="W-lat (one at a time)", xticks=shards)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(f"{stem}-latency.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[50, 200, 500])
+    parser.add_argument("--lat-count", type=int, default=200)
+    parser.add_argument("--fan", type=int, default=200)
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0)
+    parser.add_argument("--failover-load", type=int, default=1000,
+                        help="W-seq workflows in flight while the leader is killed")
+    parser.add_argument("--no-failover", action="store_true")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+
+    began, load_at_start = time.monotonic(), os.getloadavg()
+    print("raw ceilings ...", flush=True)
+    ceilings = raw_ceilings.measure_all(args.ceiling_seconds)
+    clusters = []
+    for i, shards in enumerate(args.shards):
+        last = i == len(args.shards) - 1
+        clusters.append(run_cluster(args, shards, with_failover=last and not args.no_failover))
+    report = {
+        "benchmark": "performance issue table",
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(), "load_avg_at_start": load_at_start,
+                    "load_avg_at_end": os.getloadavg()},
+        "git": bx.git_facts(), "settings": vars(args), "targets": bx.TARGETS,
+        "ceilings": ceilings, "clusters": clusters,
+        "wall_seconds": round(time.monotonic() - began, 1),
+    }
+    rows = table_rows(report)
+    report["table"] = rows
+    print()
+    print_table(rows)
+    path = bx.save_report(args.out, "perf", report)
+    for png in plot(report, path[:-len(".json")]):
+        print(f"plot {png}")
+    print(f"saved {path} ({report['wall_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
