@@ -555,7 +555,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="The supervisor's worker processes")
     parser.add_argument("--slots", type=int, default=None, help="The supervisor's slots "
-                        "(default: its own, 32 per worker)")
+                        "(default: its own, supervisor.SLOTS_PER_WORKER per worker)")
     parser.add_argument("--idle-seconds", type=float, default=3.0,
                         help="How long to measure the idle CPU of the Coda processes")
     parser.add_argument("--timeout", type=float, default=180.0,
@@ -567,7 +567,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     if args.profile and not profiling.available():
-        parser.error("--profile needs py-spy (pip install py-spy)")
+        parser.error("--profile needs py-spy (pip install -e '.[bench]')")
 
     began, load_at_start = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="coda-bench-exec-") as root:

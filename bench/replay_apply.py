@@ -43,9 +43,10 @@ def recorded_commands(journal_path: str) -> list[bytes]:
             command = journal[i][0]
             if not command or command[0] != REGULAR_COMMAND:
                 continue
-            _func_id, args, _kwargs = pickle.loads(command[1:])
+            args = pickle.loads(command[1:])[1]  # (func id, args[, kwargs])
             if args and isinstance(args[0], bytes):
-                out.append(args[0])
+                # a batch entry (flow.replica) replays as its commands, one by one
+                out.extend(commands.split_batch(args[0]) or [args[0]])
         journal._destroy()
     return out
 

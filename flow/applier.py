@@ -7,7 +7,9 @@ The thin shell between pysyncobj's apply callback and the pure state machine:
   entry alone, and an exception becomes an Internal error result (an exception escaping
   apply would wedge the Raft node: every tick would retry the same entry);
 - all entries applied in one tick share one LMDB write transaction, committed with the
-  last applied index by `commit()`.
+  last applied index by `commit()`;
+- an entry may be a batch of commands (flow.commands.encode_batch): each runs in its own
+  child transaction, as if it were its own entry, and the result is {"batch": [...]}.
 It owns no thread: the replica calls it from pysyncobj's tick thread only.
 """
 
@@ -16,8 +18,8 @@ from __future__ import annotations
 import logging
 import time
 
-from coda.errors import Internal
-from coda.flow import state_machine
+from coda.errors import CodaError, Internal
+from coda.flow import commands, state_machine
 from coda.storage.env import ShardStore, WriteBatch
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,16 @@ class Applier:
         if self._batch is None:
             self._batch = self.store.begin_batch()
             self._batch_started_s = time.perf_counter()
-        result = self._apply_one(data, index)
+        try:
+            datas = commands.split_batch(data)
+        except CodaError as exc:
+            datas, result = None, {"error": exc.to_wire()}
+        else:
+            result = None
+        if datas is not None:
+            result = {"batch": [self._apply_one(one, index) for one in datas]}
+        elif result is None:
+            result = self._apply_one(data, index)
         self.applied_index = index
         return result
 

@@ -61,6 +61,35 @@ def encode(kind: str, body: dict) -> bytes:
     return data
 
 
+# A Raft entry may carry several commands (flow.replica batches the proposals of one event
+# loop turn): msgpack [VERSION, "batch", [command bytes, ...]]. The applier splits it and
+# applies each command in its own child transaction, exactly as if each were its own
+# entry; "batch" is not a command kind, so the state machine never sees the frame.
+BATCH = "batch"
+_BATCH_PREFIX = codec.pack([VERSION, BATCH, []])[:-1]  # array header, version, "batch"
+
+
+def encode_batch(datas: list[bytes]) -> bytes:
+    assert len(datas) >= 2 and all(isinstance(d, bytes) for d in datas)
+    return codec.pack([VERSION, BATCH, datas])
+
+
+def split_batch(data) -> list | None:
+    """The commands of a batch entry; None if `data` is a single command. A malformed
+    batch raises CommandError (answered as an error, like any undecodable command)."""
+    if not isinstance(data, (bytes, bytearray)) or not data.startswith(_BATCH_PREFIX):
+        return None
+    try:
+        decoded = codec.unpack(bytes(data))
+    except Exception as exc:
+        raise CommandError(f"batch entry is not valid msgpack: {exc}") from None
+    datas = decoded[2] if isinstance(decoded, list) and len(decoded) == 3 else None
+    if not (isinstance(datas, list) and 1 <= len(datas) <= limits.proposal_batch_commands_max):
+        raise CommandError(f"a batch entry carries 1..{limits.proposal_batch_commands_max} "
+                           "commands")
+    return datas
+
+
 def decode(data) -> Command:
     if not isinstance(data, (bytes, bytearray)):
         raise CommandError(f"command must be bytes, got {type(data).__name__}")
@@ -87,9 +116,10 @@ def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_
                    input_payload: bytes, run_id: str, reuse_policy: str,
                    execution_timeout_ms: int = 0, allow_undeclared_type: bool = True,
                    parent: dict | None = None, schedule: dict | None = None,
-                   retry_deadline_ms: int = 0) -> bytes:
+                   retry_deadline_ms: int = 0, eager: dict | None = None) -> bytes:
     """`schedule` {schedule_id, nominal_ms}: the run is a schedule's, reported to it when it
-    closes; its retries stop at `retry_deadline_ms` (the schedule's next time; 0: never)."""
+    closes; its retries stop at `retry_deadline_ms` (the schedule's next time; 0: never).
+    `eager` {supervisor_id, items}: its first workflow task may go to that supervisor."""
     body = {
         "request_id": request_id, "time_ms": time_ms, "workflow_id": workflow_id,
         "workflow_type": workflow_type, "input": input_payload, "run_id": run_id,
@@ -101,6 +131,8 @@ def start_workflow(*, request_id: str, time_ms: int, workflow_id: str, workflow_
     if schedule is not None:
         body["schedule"] = schedule
         body["retry_deadline_ms"] = retry_deadline_ms
+    if eager is not None:
+        body["eager"] = eager
     return encode(START_WORKFLOW, body)
 
 
@@ -174,11 +206,14 @@ def assign(*, time_ms: int, supervisor_id: str, items: list) -> bytes:
 
 
 def complete(*, time_ms: int, request_id: str, workflow_id: str, run_id: str, key: str,
-             attempt: int, outcome: dict) -> bytes:
-    """outcome: {"result": bytes} | {"failure": {...}} | {"commands": [...]}."""
-    return encode(COMPLETE, dict(outcome, time_ms=time_ms, request_id=request_id,
-                                 workflow_id=workflow_id, run_id=run_id, key=key,
-                                 attempt=attempt))
+             attempt: int, outcome: dict, eager: dict | None = None) -> bytes:
+    """outcome: {"result": bytes} | {"failure": {...}} | {"commands": [...]}; eager:
+    {"supervisor_id", "items"}, what it queued that the supervisor may get at once."""
+    body = dict(outcome, time_ms=time_ms, request_id=request_id, workflow_id=workflow_id,
+                run_id=run_id, key=key, attempt=attempt)
+    if eager is not None:
+        body["eager"] = eager
+    return encode(COMPLETE, body)
 
 
 def task_heartbeat(*, time_ms: int, workflow_id: str, run_id: str, key: str, attempt: int,

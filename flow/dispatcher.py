@@ -31,6 +31,7 @@ from coda.errors import CodaError, ResourceExhausted
 from coda.flow import commands, limits, metrics
 from coda.flow.broadcast_watch import BroadcastWatchers
 from coda.flow.replica import ShardReplica
+from coda.flow.sm_supervisors import queues_of  # noqa: F401  (flow.sessions takes it from here)
 from coda.storage import codec, keys
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class Session:
     queues: tuple[str, ...]           # durable queues it takes work from
     credit: int
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    # The last pick ran out of credit before its queues ran out of entries: work waits.
+    backlogged: bool = False
     open: bool = True
     # (workflow id, run id) -> the history length last sent to this session: the next
     # workflow task of that run sends only what follows (the supervisor caches the rest).
@@ -74,14 +77,6 @@ class Session:
             self.open = False
 
 
-def queues_of(workflow_types, task_types, build_id: str = "") -> tuple[str, ...]:
-    """The durable queues a supervisor takes from: its runs pinned to its build first,
-    then unpinned workflow tasks, then tasks (any build runs any task)."""
-    pinned = [keys.workflow_queue_name(t, build_id) for t in workflow_types] if build_id else []
-    return tuple(pinned + [keys.workflow_queue_name(t) for t in workflow_types]
-                 + [keys.task_queue_name(t) for t in task_types])
-
-
 class ShardDispatcher:
     def __init__(self, replica: ShardReplica, lease_ms: int):
         self.replica = replica
@@ -94,6 +89,10 @@ class ShardDispatcher:
         self._claimed: set[tuple[str, int]] = set()  # queue entries in an assign in flight
         self._assigning: set[asyncio.Task] = set()    # assigns proposed, not yet settled
         self._firing: set[bytes] = set()
+        self._eager_used: dict[str, int] = {}  # completion request id -> items it assigned
+        # Eager assignments committed this loop turn, per session: one dispatches message
+        # each (the completions of one Raft entry settle in the same turn).
+        self._eager_out: dict[str, tuple[Session, list]] = {}
         self._waiters: dict[str, set[asyncio.Future]] = {}
         self._waiting = 0
         self._rotation = itertools.count()
@@ -143,6 +142,8 @@ class ShardDispatcher:
         self._assigning.clear()
         self._claimed.clear()
         self._firing.clear()
+        self._eager_used.clear()
+        self._eager_out.clear()
         self.broadcast_watchers.close_all()
         log.info("shard %d: stopped dispatching (leader now %s)", self.shard, hint)
 
@@ -165,9 +166,37 @@ class ShardDispatcher:
     def heard(self, supervisor_id: str) -> None:
         self._heard_s[supervisor_id] = time.monotonic()
 
-    def add_credit(self, session: Session, slots: int) -> None:
+    def add_credit(self, session: Session, slots: int, kick: bool = True) -> None:
         session.credit = min(session.credit + slots, limits.session_credit_max)
-        self.kick()
+        if kick:
+            self.kick()
+
+    # --- eager dispatch (flow.sm_supervisors.complete) -----------------------------------
+    def reserve_eager(self, session: Session, wanted: int) -> int:
+        """Set aside credit for what a completion may queue for its own supervisor.
+        None while work waits in its queues: then the credit goes to the dispatch loop,
+        whose `assign`s carry many items each (eager items travel one completion's worth
+        at a time; under a backlog that cost more CPU than the commit it saves)."""
+        if session.backlogged:
+            return 0
+        reserved = max(0, min(wanted, session.credit, limits.eager_items_per_completion_max))
+        session.credit -= reserved
+        return reserved
+
+    def eager_session(self, queue: str) -> Session | None:
+        """A session that takes from `queue` and has credit to spare (for a new run's
+        first workflow task: eager start); None if every one is busy or backlogged."""
+        for session in self.sessions.values():
+            if (session.open and session.credit > 0 and not session.backlogged
+                    and queue in session.queues):
+                return session
+        return None
+
+    def settle_eager(self, session: Session, request_id: str, reserved: int) -> None:
+        """After the completion's proposal: credit it did not use goes back."""
+        used = self._eager_used.pop(request_id, 0)
+        if reserved > used:
+            self.add_credit(session, reserved - used)
 
     def kick(self) -> None:
         self._kick.set()
@@ -215,6 +244,7 @@ class ShardDispatcher:
             if len(items) >= wanted:
                 break
         session.credit -= len(items)
+        session.backlogged = len(items) >= wanted
         return items
 
     async def _assign(self, session: Session, items: list[list]) -> None:
@@ -232,15 +262,26 @@ class ShardDispatcher:
                 self._claimed.discard((queue, seq))
         session.credit += len(items) - len(assigned)
         if assigned:
-            with self.replica.store.read() as txn:
-                message = pb.Dispatches(items=[
-                    dispatch_of(txn, item, session.history_after(item) if item["kind"] == "wft"
-                                else 0) for item in assigned])
-            session.send(pb.FlowMessage(dispatches=message))
-            metrics.dispatched.labels(str(self.shard)).inc(len(assigned))
-            metrics.dispatch_batch_items.labels(str(self.shard)).observe(len(assigned))
+            self._send_assigned(session, assigned)
         if len(assigned) < len(items):
             self.kick()
+
+    def _send_eager(self) -> None:
+        out, self._eager_out = self._eager_out, {}
+        for session, assigned in out.values():
+            for start in range(0, len(assigned), limits.assign_items_max):
+                self._send_assigned(session, assigned[start:start + limits.assign_items_max])
+
+    def _send_assigned(self, session: Session, assigned: list[dict]) -> None:
+        """One `dispatches` message for committed assignments, built from the committed
+        state (the caller runs after the commit)."""
+        with self.replica.store.read() as txn:
+            message = pb.Dispatches(items=[
+                dispatch_of(txn, item, session.history_after(item) if item["kind"] == "wft"
+                            else 0) for item in assigned])
+        session.send(pb.FlowMessage(dispatches=message))
+        metrics.dispatched.labels(str(self.shard)).inc(len(assigned))
+        metrics.dispatch_batch_items.labels(str(self.shard)).observe(len(assigned))
 
     # --- timers --------------------------------------------------------------------------
     async def _timer_loop(self) -> None:
@@ -322,6 +363,16 @@ class ShardDispatcher:
 
     # --- effects and waiters -------------------------------------------------------------
     def on_effects(self, effects: dict) -> None:
+        for sid, request_id, assigned in effects.get("assigned", ()):
+            # Runs before the completion's propose() returns: settle_eager sees the count.
+            self._eager_used[request_id] = len(assigned)
+            session = self.sessions.get(sid)
+            if session is not None:
+                if not self._eager_out:
+                    asyncio.get_running_loop().call_soon(self._send_eager)
+                self._eager_out.setdefault(sid, (session, []))[1].extend(assigned)
+            # else: the session ended; the supervisor's next hello re-queues what it
+            # never received (flow.sm_supervisors.register), as for a lost `assign`.
         if effects.get("history_warnings"):
             metrics.history_warnings.labels(str(self.shard)).inc(len(effects["history_warnings"]))
         for name, version, found, value, updated_ms in effects.get("broadcast", ()):

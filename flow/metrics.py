@@ -70,6 +70,10 @@ supervisor_sessions = Gauge("coda_shard_supervisor_sessions",
 
 BATCH_ITEMS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
+proposal_batch_commands = Histogram(
+    "coda_shard_proposal_batch_commands",
+    "Commands carried by one Raft entry (the proposals of one event-loop turn)", ["shard"],
+    buckets=BATCH_ITEMS_BUCKETS)
 dispatch_batch_items = Histogram(
     "coda_shard_dispatch_batch_items",
     "Items committed in one assign and sent in one dispatches message", ["shard"],
@@ -123,7 +127,7 @@ PER_SHARD = (raft_role, raft_term, commit_index, applied_index, log_entries, has
              proposals_in_flight, leader_changes, snapshot_installs, snapshots_written,
              apply_batch_entries, apply_batch_seconds, read_barriers, dispatched,
              supervisors_expired, supervisor_sessions, history_warnings,
-             dispatch_batch_items, completion_batch_items, task_heartbeats, timer_lag_seconds,
+             dispatch_batch_items, completion_batch_items, proposal_batch_commands, task_heartbeats, timer_lag_seconds,
              result_waiters, proposal_seconds)
 
 # Timer kinds (flow.sm_common) -> the `of` of coda_shard_retries / the `timeout` of

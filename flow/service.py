@@ -30,7 +30,7 @@ from coda.flow.visibility_service import (VisibilityRpcs, list_request, list_sha
 from coda.flow.config import NodeConfig
 from coda.flow.replica import ShardReplica
 from coda.flow.sharding import shard_for
-from coda.storage import codec
+from coda.storage import codec, keys
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,23 @@ class FlowService(ScheduleRpcs, StateRpcs, VisibilityRpcs, pb_grpc.FlowServicer)
         shard = self.router.shard_of(workflow_id)
 
         async def local(replica):
+            # Eager start: an idle supervisor of this type gets the first workflow task
+            # in the start's own command (no `assign` commit before it runs).
+            dispatcher = self.dispatchers[shard]
+            session = dispatcher.eager_session(keys.workflow_queue_name(workflow_type))
+            reserved = dispatcher.reserve_eager(session, 1) if session is not None else 0
             data = commands.start_workflow(
                 request_id=request_id, time_ms=int(time.time() * 1000), workflow_id=workflow_id,
                 workflow_type=workflow_type, input_payload=payload, run_id=uuid.uuid4().hex,
                 reuse_policy=policy, execution_timeout_ms=request.execution_timeout_ms,
-                allow_undeclared_type=request.allow_undeclared_type)
-            ok = await replica.propose(data)
+                allow_undeclared_type=request.allow_undeclared_type,
+                eager={"supervisor_id": session.supervisor_id, "items": reserved}
+                if reserved else None)
+            try:
+                ok = await replica.propose(data)
+            finally:
+                if reserved:
+                    dispatcher.settle_eager(session, request_id, reserved)
             return pb.StartWorkflowResponse(run_id=ok["run_id"], started=ok["started"], shard=shard)
 
         async def remote(address):

@@ -6,7 +6,9 @@ The first message is the hello. A node that does not lead the shard answers
 dispatches are re-queued), the session joins the shard's dispatcher, and the stream
 carries credit, heartbeats and completions one way, dispatches, acks and cancels the other.
 Each completion is its own command (its own atomic apply and dedup by request id), all of
-one message proposed together so Raft batches them.
+one message proposed together so Raft batches them. A completion carries the credit the
+leader set aside for it (`eager`): what it queues for its own supervisor is assigned in
+the same command and dispatched on commit, with no `assign` in between.
 """
 
 from __future__ import annotations
@@ -107,8 +109,17 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 elif kind == "completions":
+                    # The credit these completions freed rides with them: set aside what
+                    # their eager dispatch may use first, now, before the dispatch loop
+                    # (kicked below) gives it to queued work.
+                    batch = list(message.completions.completions)[
+                        :limits.completions_per_message_max]
+                    dispatcher.add_credit(session, message.completions.slots, kick=False)
+                    reserved = [dispatcher.reserve_eager(session, eager_wanted(c))
+                                for c in batch]
+                    dispatcher.kick()
                     task = asyncio.create_task(
-                        _complete(dispatcher, session, message.completions.completions,
+                        _complete(dispatcher, session, batch, reserved,
                                   self.cfg.payload_bytes_max, self.cfg.history_limit()))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -121,16 +132,35 @@ class SessionService(pb_grpc.SupervisorSessionsServicer):
             session.end(None)
 
 
-async def _complete(dispatcher: ShardDispatcher, session, completions,
+def eager_wanted(completion) -> int:
+    """How much of what a completion queues its supervisor could take at once: the
+    workflow task a task's result wakes; the tasks (at most one per command) a workflow
+    task's commands spawn, and the workflow task more events may need."""
+    if completion.WhichOneof("outcome") == "workflow_commands":
+        return min(limits.eager_items_per_completion_max,
+                   1 + codec.array_length(bytes(completion.workflow_commands)))
+    return 1
+
+
+async def _complete(dispatcher: ShardDispatcher, session, batch: list, reserved: list[int],
                     payload_bytes_max: int, history_limit: dict) -> None:
     """Commit each completion; ack what committed, reject what was stale or malformed.
-    A completion whose outcome is unknown gets neither: the supervisor resends it."""
+    A completion whose outcome is unknown gets neither: the supervisor resends it.
+    `reserved`: the credit set aside for each one's eager dispatch."""
     replica = dispatcher.replica
-    batch = list(completions)[:limits.completions_per_message_max]
     label = str(replica.shard)
     metrics.completion_batch_items.labels(label).observe(len(batch))
-    results = await asyncio.gather(*(_complete_one(replica, c, payload_bytes_max,
-                                                   history_limit) for c in batch))
+
+    async def one(completion, eager_items: int):
+        eager = ({"supervisor_id": session.supervisor_id, "items": eager_items}
+                 if eager_items else None)
+        try:
+            return await _complete_one(replica, completion, payload_bytes_max,
+                                       history_limit, eager)
+        finally:
+            dispatcher.settle_eager(session, completion.request_id, eager_items)
+
+    results = await asyncio.gather(*(one(c, n) for c, n in zip(batch, reserved)))
     acks = pb.CompletionAcks()
     for completion, (outcome, reason) in zip(batch, results):
         metrics.completions.labels(label, outcome).inc()
@@ -149,7 +179,7 @@ async def _complete(dispatcher: ShardDispatcher, session, completions,
 
 
 async def _complete_one(replica, completion, payload_bytes_max: int,
-                        history_limit: dict) -> tuple[str, object]:
+                        history_limit: dict, eager: dict | None = None) -> tuple[str, object]:
     try:
         validate.request_id(completion.request_id)
         kind = completion.WhichOneof("outcome")
@@ -169,7 +199,7 @@ async def _complete_one(replica, completion, payload_bytes_max: int,
         else:
             raise InvalidArgument("a completion needs a result, a failure or commands",
                                   field="outcome")
-        ok = await _propose_completion(replica, completion, outcome)
+        ok = await _propose_completion(replica, completion, outcome, eager=eager)
     except CodaError as exc:
         refused = isinstance(exc, InvalidArgument) or (exc.definite and not exc.retryable)
         if refused and completion.WhichOneof("outcome") == "workflow_commands":
@@ -188,11 +218,12 @@ def _answer(ok: dict) -> tuple[str, object]:
     return ("rejected", ok["rejected"]) if "rejected" in ok else ("accepted", None)
 
 
-async def _propose_completion(replica, completion, outcome: dict, suffix: str = "") -> dict:
+async def _propose_completion(replica, completion, outcome: dict, suffix: str = "",
+                              eager: dict | None = None) -> dict:
     return await replica.propose(commands.complete(
         time_ms=now_ms(), request_id=completion.request_id + suffix,
         workflow_id=completion.workflow_id, run_id=completion.run_id,
-        key=completion.task_key, attempt=completion.attempt, outcome=outcome))
+        key=completion.task_key, attempt=completion.attempt, outcome=outcome, eager=eager))
 
 
 async def _fail_refused_workflow_task(replica, completion, exc: CodaError):

@@ -45,9 +45,17 @@ class Ctx:
     cancel: list = field(default_factory=list)       # [supervisor, wid, run, key, attempt]
     broadcast: list = field(default_factory=list)    # [name, version, found, value, updated_ms]
     history_warnings: list = field(default_factory=list)  # workflow ids nearing the limit
+    # [supervisor, request id, [assigned item, ...]]: what a completion assigned at once
+    # (sm_supervisors.complete, "eager"), for the leader to dispatch.
+    assigned: list = field(default_factory=list)
+    # (queue, seq) of every entry this command queued: not an effect, read by the eager
+    # assignment at the end of the same command.
+    enqueued: list = field(default_factory=list)
 
     def effects(self) -> dict:
         out = {}
+        if self.assigned:
+            out["assigned"] = self.assigned
         if self.closed:
             out["closed"] = self.closed
         if self.cancel:
@@ -175,6 +183,7 @@ def enqueue(ctx: Ctx, queue: str, entry: dict) -> int:
     seq = next_counter(ctx.txn, keys.META_QUEUE_SEQ)
     ctx.txn.put(keys.QUEUES, keys.queue_key(queue, seq), codec.pack(entry))
     _add_depth(ctx.txn, queue, +1)
+    ctx.enqueued.append((queue, seq))
     return seq
 
 

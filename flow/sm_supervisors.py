@@ -16,6 +16,14 @@ from coda.flow import sm_tasks, sm_workflows
 from coda.storage import codec, keys
 
 
+def queues_of(workflow_types, task_types, build_id: str = "") -> tuple[str, ...]:
+    """The durable queues a supervisor takes from: its runs pinned to its build first,
+    then unpinned workflow tasks, then tasks (any build runs any task)."""
+    pinned = [keys.workflow_queue_name(t, build_id) for t in workflow_types] if build_id else []
+    return tuple(pinned + [keys.workflow_queue_name(t) for t in workflow_types]
+                 + [keys.task_queue_name(t) for t in task_types])
+
+
 def supervisor_id(value) -> str:
     return validate.identifier(value, "supervisor_id", limits.supervisor_id_bytes_max)
 
@@ -111,23 +119,67 @@ def assign(ctx: c.Ctx, body: dict) -> dict:
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
                 and type(item[1]) is int):
             raise InvalidArgument("an assign item is [queue, seq]", field="items")
-        queue, seq = item
-        raw = ctx.txn.get(keys.QUEUES, keys.queue_key(queue, seq))
-        if raw is None:
-            continue
-        entry = codec.unpack(raw)
-        if entry["kind"] == "wft":
-            done = sm_workflows.assign(ctx, sid, build_id, entry, queue, seq)
-        else:
-            done = sm_tasks.assign(ctx, sid, entry, queue, seq)
+        done = _assign_entry(ctx, sid, build_id, *item)
         if done is not None:
             assigned.append(done)
     return {"assigned": assigned}
 
 
+def _assign_entry(ctx: c.Ctx, sid: str, build_id: str, queue: str, seq: int) -> dict | None:
+    """Assign one queue entry (None if it is gone or stale)."""
+    raw = ctx.txn.get(keys.QUEUES, keys.queue_key(queue, seq))
+    if raw is None:
+        return None
+    entry = codec.unpack(raw)
+    if entry["kind"] == "wft":
+        return sm_workflows.assign(ctx, sid, build_id, entry, queue, seq)
+    return sm_tasks.assign(ctx, sid, entry, queue, seq)
+
+
+def eager_of(body: dict) -> tuple[str, int] | None:
+    """A command's `eager` {supervisor_id, items} (completions, starts), checked."""
+    eager = body.get("eager")
+    if eager is None:
+        return None
+    if not (isinstance(eager, dict) and type(eager.get("items")) is int
+            and 1 <= eager["items"] <= limits.eager_items_per_completion_max):
+        raise InvalidArgument(f"eager is {{supervisor_id, items: 1.."
+                              f"{limits.eager_items_per_completion_max}}}", field="eager")
+    return supervisor_id(eager.get("supervisor_id")), eager["items"]
+
+
+def assign_eagerly(ctx: c.Ctx, sid: str, items_max: int, request_id) -> None:
+    """Eager dispatch: the entries this command queued (the workflow task a task's result
+    wakes, the tasks a workflow task spawned, a new run's first workflow task) go straight
+    to the supervisor the leader named, in the same command, up to the credit it set
+    aside, and only from queues that supervisor takes from. It saves an `assign` commit per step.
+    What was assigned is an effect, not the answer: a retried request, answered from the
+    dedup table, must not make the leader dispatch (and a task run) again."""
+    if not ctx.enqueued:
+        return
+    raw_supervisor = ctx.txn.get(keys.SUPERVISORS, sid.encode())
+    if raw_supervisor is None:
+        return
+    record = codec.unpack(raw_supervisor)
+    build_id = record.get("build_id") or ""
+    takes = set(queues_of(record.get("workflow_types", ()), record.get("task_types", ()),
+                          build_id))
+    assigned = []
+    for queue, seq in ctx.enqueued:
+        if len(assigned) >= items_max:
+            break
+        if queue in takes:
+            done = _assign_entry(ctx, sid, build_id, queue, seq)
+            if done is not None:
+                assigned.append(done)
+    if assigned:
+        ctx.assigned.append([sid, request_id, assigned])
+
+
 def complete(ctx: c.Ctx, body: dict) -> dict:
     """One completion from a supervisor: a workflow task's commands or failure, a task's
-    result or failure. A stale one is answered {rejected: why} (final, changes nothing)."""
+    result or failure. A stale one is answered {rejected: why} (final, changes nothing).
+    With `eager`, what it queued may be assigned to that supervisor at once (state_machine)."""
     wid = validate.workflow_id(body.get("workflow_id"))
     run_id = validate.run_id(body.get("run_id"))
     key = body.get("key", c.WFT)

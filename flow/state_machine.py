@@ -40,8 +40,11 @@ def apply(txn: Txn, data) -> dict:
             earlier = txn.get(keys.REQUESTS, keys.request_key(request_id))
             if earlier is not None:
                 return codec.unpack(earlier)["result"]
+        eager = sm_supervisors.eager_of(cmd.body)
         ctx = c.Ctx(txn, time_ms)
         result = {"ok": handler(ctx, cmd.body)}
+        if eager is not None:
+            sm_supervisors.assign_eagerly(ctx, *eager, request_id)
         effects = ctx.effects()
         if effects:  # for the leader to act on after the commit (flow.dispatcher)
             result["effects"] = effects

@@ -812,10 +812,12 @@ class Failure(_message.Message):
     def __init__(self, message: _Optional[str] = ..., error_type: _Optional[str] = ..., stack: _Optional[str] = ..., non_retryable: _Optional[bool] = ...) -> None: ...
 
 class CompletionBatch(_message.Message):
-    __slots__ = ("completions",)
+    __slots__ = ("completions", "slots")
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     completions: _containers.RepeatedCompositeFieldContainer[Completion]
-    def __init__(self, completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ...) -> None: ...
+    slots: int
+    def __init__(self, completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class SupervisorMessage(_message.Message):
     __slots__ = ("hello", "credit", "heartbeat", "completions")

@@ -32,6 +32,17 @@ def encode_payload(value, *, what: str, limit_bytes: int) -> bytes:
     return data
 
 
+def array_length(data: bytes) -> int:
+    """The length of the msgpack array `data` holds, read from its header only (0 if it
+    is not an array): a cheap estimate before the whole payload is decoded."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(data)
+    try:
+        return unpacker.read_array_header()
+    except Exception:  # not an array, or garbage: decode_payload will say what is wrong
+        return 0
+
+
 def decode_payload(data: bytes, *, what: str):
     """Decode a payload received from outside; malformed bytes raise PayloadError."""
     try:

@@ -53,7 +53,12 @@ from coda.supervisor.sessions import (Backoff, ChannelCache, CompletionBatcher, 
 
 log = logging.getLogger(__name__)
 
-SLOTS_PER_WORKER = 32
+# A slot is held from dispatch until the completion's flush, and each cycle includes an
+# assign commit (~25-35 ms under load): 32 per worker capped W-seq at ~180 wf/s with 4
+# shards (16 slots a shard), 128 gave ~230 (bench/bench_execution.py --slots). Items are
+# cheap while they wait (async tasks; sync ones queue for the 32 task threads), and
+# Temporal's workers default to 1,000 concurrent activities.
+SLOTS_PER_WORKER = 128
 DRAIN_S_DEFAULT = 30.0
 ACK_WAIT_S = limits.proposal_timeout_s + 5.0  # at shutdown, for Flow to answer what we sent
 POOL_STOP_S = 5.0
@@ -532,8 +537,10 @@ class Supervisor:
 
     def outgoing(self, shard: int, now_s: float) -> list[pb.SupervisorMessage]:
         """Due completion batches, then the credit freed since the last flush. Credit rides
-        with the completions' flush (one message, not one per finished item); it goes alone
-        only when no completion waits (credit released by acks, a duplicate dispatch)."""
+        in the last completion batch of the flush (its `slots`: Flow sets it aside for what
+        these completions queue for us, eager dispatch, before queued work takes it); it
+        goes alone only when no completion waits (credit released by acks, a duplicate
+        dispatch)."""
         batcher = self.batchers[shard]
         stale = batcher.requeue_stale(now_s)
         if stale:
@@ -552,7 +559,10 @@ class Supervisor:
             grant = 0
         if grant:
             self.metrics.credit_granted.labels(str(shard)).inc(grant)
-            messages.append(pb.SupervisorMessage(credit=pb.Credit(slots=grant)))
+            if messages:
+                messages[-1].completions.slots = grant
+            else:
+                messages.append(pb.SupervisorMessage(credit=pb.Credit(slots=grant)))
         return messages
 
     def next_due_s(self, shard: int) -> float | None:

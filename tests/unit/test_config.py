@@ -73,3 +73,26 @@ def test_timing_defaults_are_valid_and_deliberate():
     config._validate_timing(t)
     assert t.leader_fallback_timeout_s < 30, "pysyncobj's 30 s default keeps stale leaders"
     assert dataclasses.replace(t) == t
+
+
+def test_each_shard_prefers_one_leader_and_preferences_spread_over_the_nodes():
+    """flow.replica.election_timeouts_s: for every shard exactly one replica draws from the
+    lower half of the election range (the one a cluster started together elects), and
+    with 6 shards on 3 nodes each node is preferred for 2 of them."""
+    from coda.flow.replica import election_timeouts_s
+    t = config.RaftTiming()
+    middle_s = (t.election_timeout_min_s + t.election_timeout_max_s) / 2
+    preferred = {}
+    for node_id in ("n1", "n2", "n3"):
+        cfg = config.from_mapping(good(node_id=node_id, shards=6))
+        for shard in range(6):
+            low_s, high_s = election_timeouts_s(cfg, shard)
+            assert t.election_timeout_min_s <= low_s < high_s <= t.election_timeout_max_s
+            if high_s <= middle_s:
+                preferred.setdefault(shard, []).append(node_id)
+            else:
+                assert low_s >= middle_s
+    assert sorted(preferred) == list(range(6))
+    assert all(len(nodes) == 1 for nodes in preferred.values())
+    leaders = [nodes[0] for nodes in preferred.values()]
+    assert sorted(leaders.count(n) for n in ("n1", "n2", "n3")) == [2, 2, 2]

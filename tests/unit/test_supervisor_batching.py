@@ -298,6 +298,7 @@ def messages_of(sup: Supervisor, shard: int, now_s: float) -> dict:
     for message in sup.outgoing(shard, now_s):
         if message.WhichOneof("body") == "completions":
             out["completions"].append(list(message.completions.completions))
+            out["credit"] += message.completions.slots  # credit riding with completions
         else:
             out["credit"] += message.credit.slots
     return out
@@ -314,7 +315,7 @@ def test_a_dispatch_goes_to_the_pool_and_its_result_back_with_one_credit():
     out = messages_of(sup, 1, time.monotonic() + 1)
     assert [[c.task_key for c in batch] for batch in out["completions"]] == \
         [["normalize/1", "normalize/2"]]
-    assert out["credit"] == 2  # one credit message for both
+    assert out["credit"] == 2  # one grant for both, in their completion batch
     assert messages_of(sup, 0, time.monotonic() + 1) == {"completions": [], "credit": 0}
 
 
