@@ -50,6 +50,9 @@ class Session:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     # The last pick ran out of credit before its queues ran out of entries: work waits.
     backlogged: bool = False
+
+    def __post_init__(self) -> None:
+        self.queue_set = frozenset(self.queues)
     open: bool = True
     # (workflow id, run id) -> the history length last sent to this session: the next
     # workflow task of that run sends only what follows (the supervisor caches the rest).
@@ -176,21 +179,33 @@ class ShardDispatcher:
         """Set aside credit for what a completion may queue for its own supervisor.
         None while work waits in its queues: then the credit goes to the dispatch loop,
         whose `assign`s carry many items each (eager items travel one completion's worth
-        at a time; under a backlog that cost more CPU than the commit it saves)."""
-        if session.backlogged:
+        at a time; under a backlog that cost more CPU than the commit it saves). Never the
+        last credit: the dispatch loop always gets some, so a queue that fills up is seen
+        (backlogged) even while every slot runs work in progress."""
+        if session.backlogged or self._less_busy_peer(session):
             return 0
-        reserved = max(0, min(wanted, session.credit, limits.eager_items_per_completion_max))
+        reserved = max(0, min(wanted, session.credit - 1, limits.eager_items_per_completion_max))
         session.credit -= reserved
         return reserved
 
+    def _less_busy_peer(self, session: Session) -> bool:
+        """Another supervisor serving some of the same queues has more spare credit: the
+        work goes through the queue, where the dispatch loop's rotation shares it out
+        (eager alone would keep every run on the supervisor that started it)."""
+        return any(other is not session and other.open and other.credit > session.credit
+                   and not other.queue_set.isdisjoint(session.queue_set)
+                   for other in self.sessions.values())
+
     def eager_session(self, queue: str) -> Session | None:
-        """A session that takes from `queue` and has credit to spare (for a new run's
-        first workflow task: eager start); None if every one is busy or backlogged."""
+        """The session with the most spare credit that takes from `queue` (for a new
+        run's first workflow task: eager start); None if none has credit to spare."""
+        best = None
         for session in self.sessions.values():
-            if (session.open and session.credit > 0 and not session.backlogged
-                    and queue in session.queues):
-                return session
-        return None
+            if (session.open and session.credit > 1 and not session.backlogged
+                    and queue in session.queue_set
+                    and (best is None or session.credit > best.credit)):
+                best = session
+        return best
 
     def settle_eager(self, session: Session, request_id: str, reserved: int) -> None:
         """After the completion's proposal: credit it did not use goes back."""
@@ -269,6 +284,7 @@ class ShardDispatcher:
     def _send_eager(self) -> None:
         out, self._eager_out = self._eager_out, {}
         for session, assigned in out.values():
+            metrics.eager_dispatched.labels(str(self.shard)).inc(len(assigned))
             for start in range(0, len(assigned), limits.assign_items_max):
                 self._send_assigned(session, assigned[start:start + limits.assign_items_max])
 

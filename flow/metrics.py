@@ -58,6 +58,9 @@ rejected_proposals = Counter("coda_shard_rejected_proposals",
                              ["shard", "reason"])
 dispatched = Counter("coda_shard_dispatched", "Workflow tasks and tasks sent to supervisors",
                      ["shard"])
+eager_dispatched = Counter(
+    "coda_shard_eager_dispatched",
+    "Of those, assigned by the start or completion that queued them (eager dispatch)", ["shard"])
 completions = Counter("coda_shard_completions",
                       "Completions from supervisors, by outcome (accepted, rejected, error)",
                       ["shard", "outcome"])
@@ -125,7 +128,7 @@ grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by m
 
 PER_SHARD = (raft_role, raft_term, commit_index, applied_index, log_entries, has_quorum,
              proposals_in_flight, leader_changes, snapshot_installs, snapshots_written,
-             apply_batch_entries, apply_batch_seconds, read_barriers, dispatched,
+             apply_batch_entries, apply_batch_seconds, read_barriers, dispatched, eager_dispatched,
              supervisors_expired, supervisor_sessions, history_warnings,
              dispatch_batch_items, completion_batch_items, proposal_batch_commands, task_heartbeats, timer_lag_seconds,
              result_waiters, proposal_seconds)

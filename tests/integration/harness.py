@@ -255,7 +255,13 @@ class Cluster:
         raise AssertionError(f"replicas did not converge in {timeout_s} s: {last}")
 
     def digests(self) -> dict[int, list[str]]:
-        """shard -> [digest of node 0's LMDB, node 1's, ...]; the cluster must be stopped."""
+        """shard -> [digest of node 0's LMDB, node 1's, ...]; the cluster must be stopped.
+
+        The applied index is left out: stopping every node at once makes each leader hand
+        its shard to a peer (flow.handoff), and the new leader's first entry of its term,
+        a no-op, may reach one replica's LMDB and not another's before they exit (seen as
+        applied index 28 against 27 with every record equal). A replica that missed an
+        entry that changed state still differs here."""
         assert not any(self.alive(i) for i in range(len(self.nodes)))
         out = {}
         for shard in range(self.shards):
@@ -263,7 +269,7 @@ class Cluster:
             for i in range(len(self.nodes)):
                 store = ShardStore(os.path.join(self.shard_dir(i, shard), "lmdb"))
                 try:
-                    out[shard].append(store.digest())
+                    out[shard].append(store.digest(with_applied_index=False))
                 finally:
                     store.close()
         return out
