@@ -76,6 +76,14 @@ def serve(config_path, node_id, data_dir, shards, secret_file, nodes, log_level)
 
 # --- dev ---------------------------------------------------------------------------------
 
+def dev_shards_default() -> int:
+    """A dev cluster's three nodes share one machine: more shards than cores only split
+    the batches and multiply per-shard costs (tick threads, heartbeats, one LMDB commit
+    per shard per tick). On 2 cores W-seq measured 266-284 wf/s with 2 shards against
+    188-220 with 4 (bench/bench_perf.py)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def _dev_cluster(data_dir: str, shards: int | None, host: str, base_port: int) -> list[str]:
     """Write (or reuse) the dev cluster's identity and node configs; returns config paths."""
     os.makedirs(data_dir, exist_ok=True)
@@ -86,7 +94,7 @@ def _dev_cluster(data_dir: str, shards: int | None, host: str, base_port: int) -
             raise ConfigError(f"{data_dir} holds a cluster created with {identity['shards']} "
                               f"shards; the shard count can't change (asked for {shards})")
     else:
-        identity = {"shards": shards or 4, "secret": secrets.token_hex(24)}
+        identity = {"shards": shards or dev_shards_default(), "secret": secrets.token_hex(24)}
         with open(identity_path, "w") as f:
             f.write(f'shards = {identity["shards"]}\nsecret = "{identity["secret"]}"\n')
     if identity["shards"] > 99:
@@ -149,7 +157,8 @@ def _wait_all_leaders(address: str, shards: int, procs: list, timeout_s: float,
 @click.option("--data-dir", default="coda-data", show_default=True,
               help="Where the three nodes keep their data; reuse it to keep your workflows.")
 @click.option("--shards", type=int, default=None,
-              help="Shard count for a new data dir (default 4); fixed afterwards.")
+              help="Shard count for a new data dir (default: the cores here, at most 4); "
+              "fixed afterwards.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--base-port", default=7100, show_default=True,
               help="Node i serves clients on base+i, metrics on base+10+i, Raft from base+100*(i+1).")
