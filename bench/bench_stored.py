@@ -42,7 +42,7 @@ import bench_execution as bx  # noqa: E402  (cluster helpers, W-seq, reports)
 from coda.flow import commands, model  # noqa: E402
 from coda.flow.applier import Applier  # noqa: E402
 from coda.flow.sharding import shard_for  # noqa: E402
-from coda.storage import codec, keys  # noqa: E402
+from coda.storage import codec  # noqa: E402
 from coda.storage.env import LmdbOptions, ShardStore  # noqa: E402
 
 STORED_TYPE = "bench_stored"
@@ -60,7 +60,7 @@ def seed_shard(shard: int, shard_count: int, stored: int, scratch: str) -> dict:
     store = ShardStore(path, LmdbOptions(sync=False, metasync=False))
     applier = Applier(store)
     index = 0
-    # Stamped times end now and go back one ms per workflow: old request ids fall out of
+    # Stamped times step one ms per workflow, ending now: old request ids fall out of
     # the dedup window and cap exactly as they would have in a cluster that ran them.
     began_ms = int(time.time() * 1000) - stored
 
@@ -98,9 +98,7 @@ def seed_shard(shard: int, shard_count: int, stored: int, scratch: str) -> dict:
         count += 1
     applier.commit()
     # The replicas' Raft logs start empty: their LMDB must say nothing is applied yet.
-    with store._lock.exclusive():
-        with store._env.begin(write=True) as txn:
-            txn.put(keys.META_APPLIED_INDEX, keys.u64(0), db=store._dbs[keys.META])
+    store.begin_batch().commit(0)
     store.close()
     return {"shard": shard, "workflows": count, "path": path}
 

@@ -46,14 +46,11 @@ class Applier:
             self._batch_started_s = time.perf_counter()
         try:
             datas = commands.split_batch(data)
-        except CodaError as exc:
-            datas, result = None, {"error": exc.to_wire()}
+        except CodaError as exc:  # a malformed batch frame: answered, never raised
+            result = {"error": exc.to_wire()}
         else:
-            result = None
-        if datas is not None:
-            result = {"batch": [self._apply_one(one, index) for one in datas]}
-        elif result is None:
-            result = self._apply_one(data, index)
+            result = (self._apply_one(data, index) if datas is None
+                      else {"batch": [self._apply_one(one, index) for one in datas]})
         self.applied_index = index
         return result
 

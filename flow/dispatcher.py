@@ -31,7 +31,6 @@ from coda.errors import CodaError, ResourceExhausted
 from coda.flow import commands, limits, metrics
 from coda.flow.broadcast_watch import BroadcastWatchers
 from coda.flow.replica import ShardReplica
-from coda.flow.sm_supervisors import queues_of  # noqa: F401  (flow.sessions takes it from here)
 from coda.storage import codec, keys
 
 log = logging.getLogger(__name__)
@@ -48,15 +47,15 @@ class Session:
     queues: tuple[str, ...]           # durable queues it takes work from
     credit: int
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    open: bool = True
     # The last pick ran out of credit before its queues ran out of entries: work waits.
     backlogged: bool = False
-
-    def __post_init__(self) -> None:
-        self.queue_set = frozenset(self.queues)
-    open: bool = True
     # (workflow id, run id) -> the history length last sent to this session: the next
     # workflow task of that run sends only what follows (the supervisor caches the rest).
     history_sent: OrderedDict = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.queue_set = frozenset(self.queues)  # `queues` keeps the pick order
 
     def history_after(self, item: dict) -> int:
         """Events the supervisor already has of this run (and note what it will have)."""
@@ -174,10 +173,10 @@ class ShardDispatcher:
         if kick:
             self.kick()
 
-    # --- eager dispatch (flow.sm_supervisors.complete) -----------------------------------
+    # --- eager dispatch (flow.sm_supervisors.assign_eagerly) -----------------------------
     def reserve_eager(self, session: Session, wanted: int) -> int:
-        """Set aside credit for what a completion may queue for its own supervisor.
-        None while work waits in its queues: then the credit goes to the dispatch loop,
+        """Set aside credit for what a completion (or start) may queue for `session`.
+        Nothing while work waits in its queues: then the credit goes to the dispatch loop,
         whose `assign`s carry many items each (eager items travel one completion's worth
         at a time; under a backlog that cost more CPU than the commit it saves). Never the
         last credit: the dispatch loop always gets some, so a queue that fills up is seen
@@ -197,15 +196,10 @@ class ShardDispatcher:
                    for other in self.sessions.values())
 
     def eager_session(self, queue: str) -> Session | None:
-        """The session with the most spare credit that takes from `queue` (for a new
-        run's first workflow task: eager start); None if none has credit to spare."""
-        best = None
-        for session in self.sessions.values():
-            if (session.open and session.credit > 1 and not session.backlogged
-                    and queue in session.queue_set
-                    and (best is None or session.credit > best.credit)):
-                best = session
-        return best
+        """The open session with the most spare credit that takes from `queue`, for a
+        new run's first workflow task (eager start; reserve_eager decides if it may)."""
+        takers = [s for s in self.sessions.values() if s.open and queue in s.queue_set]
+        return max(takers, key=lambda s: s.credit, default=None)
 
     def settle_eager(self, session: Session, request_id: str, reserved: int) -> None:
         """After the completion's proposal: credit it did not use goes back."""

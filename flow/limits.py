@@ -37,10 +37,10 @@ proposals_in_flight_max = 4000
 # One Raft entry carries the proposals of one event-loop turn, up to these (flow.replica):
 # bytes below pysyncobj's append batch (256 KiB) so a batch travels in one message.
 proposal_batch_commands_max = 256
+proposal_batch_bytes_max = 192 * KIB
 # A completion may take this many of what it queued straight to its supervisor (eager
 # dispatch, flow.sm_supervisors): a workflow task spawning more leaves the rest queued.
 eager_items_per_completion_max = 16
-proposal_batch_bytes_max = 192 * KIB
 # pysyncobj's own command queue; kept above ours so ours is the one that answers.
 raft_commands_queue_max = proposals_in_flight_max * 2
 # How long a proposal may wait for its commit before the caller gets INDETERMINATE.

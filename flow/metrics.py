@@ -128,10 +128,10 @@ grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by m
 
 PER_SHARD = (raft_role, raft_term, commit_index, applied_index, log_entries, has_quorum,
              proposals_in_flight, leader_changes, snapshot_installs, snapshots_written,
-             apply_batch_entries, apply_batch_seconds, read_barriers, dispatched, eager_dispatched,
-             supervisors_expired, supervisor_sessions, history_warnings,
-             dispatch_batch_items, completion_batch_items, proposal_batch_commands, task_heartbeats, timer_lag_seconds,
-             result_waiters, proposal_seconds)
+             apply_batch_entries, apply_batch_seconds, read_barriers, dispatched,
+             eager_dispatched, supervisors_expired, supervisor_sessions, history_warnings,
+             dispatch_batch_items, completion_batch_items, proposal_batch_commands,
+             task_heartbeats, timer_lag_seconds, result_waiters, proposal_seconds)
 
 # Timer kinds (flow.sm_common) -> the `of` of coda_shard_retries / the `timeout` of
 # coda_shard_timeouts. A kind in neither is only in coda_shard_timers_fired.

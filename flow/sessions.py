@@ -23,7 +23,8 @@ from coda.api import flow_pb2_grpc as pb_grpc
 from coda.errors import CodaError, InvalidArgument, NotLeader
 from coda.flow import commands, limits, metrics, retry, validate
 from coda.flow.config import NodeConfig
-from coda.flow.dispatcher import ShardDispatcher, now_ms, queues_of
+from coda.flow.dispatcher import ShardDispatcher, now_ms
+from coda.flow.sm_supervisors import queues_of
 from coda.storage import codec
 
 log = logging.getLogger(__name__)

@@ -45,8 +45,8 @@ class Ctx:
     cancel: list = field(default_factory=list)       # [supervisor, wid, run, key, attempt]
     broadcast: list = field(default_factory=list)    # [name, version, found, value, updated_ms]
     history_warnings: list = field(default_factory=list)  # workflow ids nearing the limit
-    # [supervisor, request id, [assigned item, ...]]: what a completion assigned at once
-    # (sm_supervisors.complete, "eager"), for the leader to dispatch.
+    # [supervisor, request id, [assigned item, ...]]: what a start or completion assigned
+    # at once (sm_supervisors.assign_eagerly), for the leader to dispatch.
     assigned: list = field(default_factory=list)
     # (queue, seq) of every entry this command queued: not an effect, read by the eager
     # assignment at the end of the same command.

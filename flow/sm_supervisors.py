@@ -152,7 +152,7 @@ def assign_eagerly(ctx: c.Ctx, sid: str, items_max: int, request_id) -> None:
     """Eager dispatch: the entries this command queued (the workflow task a task's result
     wakes, the tasks a workflow task spawned, a new run's first workflow task) go straight
     to the supervisor the leader named, in the same command, up to the credit it set
-    aside, and only from queues that supervisor takes from. It saves an `assign` commit per step.
+    aside, and only from queues that supervisor takes from: no `assign` commit per step.
     What was assigned is an effect, not the answer: a retried request, answered from the
     dedup table, must not make the leader dispatch (and a task run) again."""
     if not ctx.enqueued:
