@@ -9,7 +9,8 @@ The thin shell between pysyncobj's apply callback and the pure state machine:
 - all entries applied in one tick share one LMDB write transaction, committed with the
   last applied index by `commit()`;
 - an entry may be a batch of commands (flow.commands.encode_batch): each runs in its own
-  child transaction, as if it were its own entry, and the result is {"batch": [...]}.
+  child transaction, as if it were its own entry, and the result is {"batch": [...]};
+- or the write set a leader computed for its commands (flow.speculation): made as is.
 It owns no thread: the replica calls it from pysyncobj's tick thread only.
 """
 
@@ -45,14 +46,29 @@ class Applier:
             self._batch = self.store.begin_batch()
             self._batch_started_s = time.perf_counter()
         try:
-            datas = commands.split_batch(data)
-        except CodaError as exc:  # a malformed batch frame: answered, never raised
+            written = commands.split_writes(data)
+            datas = None if written is not None else commands.split_batch(data)
+        except CodaError as exc:  # a malformed frame: answered, never raised
             result = {"error": exc.to_wire()}
         else:
-            result = (self._apply_one(data, index) if datas is None
-                      else {"batch": [self._apply_one(one, index) for one in datas]})
+            if written is not None:
+                result = self._write(index, *written)
+            elif datas is None:
+                result = self._apply_one(data, index)
+            else:
+                result = {"batch": [self._apply_one(one, index) for one in datas]}
         self.applied_index = index
         return result
+
+    def _write(self, index: int, term: int, items: list) -> dict:
+        """A write set the leader computed (flow.speculation): made as it is. The answer
+        its proposer waits for is the leader's; this says only whose entry it was."""
+        try:
+            self._batch.write(items)
+        except ValueError as exc:
+            log.error("write-set entry %d is malformed, not applied: %s", index, exc)
+            return {"error": Internal(f"write-set entry {index} is malformed: {exc}").to_wire()}
+        return {"written_in_term": term}
 
     def _apply_one(self, data, index: int) -> dict:
         try:

@@ -90,6 +90,34 @@ def split_batch(data) -> list | None:
     return datas
 
 
+# A leader may replicate what an entry wrote instead of the entry (flow.speculation):
+# msgpack [VERSION, "writes", term, [[db, key, value or nil], ...]]. The term is the one
+# the leader appended it in (its answer to the proposer is matched by index and term).
+WRITES = "writes"
+_WRITES_PREFIX = codec.pack([VERSION, WRITES, 0, []])[:-2]  # header, version, "writes"
+
+
+def encode_writes(term: int, writes: dict) -> bytes:
+    """The entry form of a write set {(db, key): value or None}."""
+    return codec.pack([VERSION, WRITES, term, [[db, key, value]
+                                                for (db, key), value in writes.items()]])
+
+
+def split_writes(data) -> tuple[int, list] | None:
+    """(term, [[db, key, value or None], ...]) of a write-set entry; None if `data` is
+    not one. A malformed frame raises CommandError."""
+    if not isinstance(data, (bytes, bytearray)) or not data.startswith(_WRITES_PREFIX):
+        return None
+    try:
+        decoded = codec.unpack(bytes(data))
+    except Exception as exc:
+        raise CommandError(f"write-set entry is not valid msgpack: {exc}") from None
+    if not (isinstance(decoded, list) and len(decoded) == 4 and type(decoded[2]) is int
+            and isinstance(decoded[3], list)):
+        raise CommandError("a write-set entry is [version, 'writes', term, [[db, key, value]]]")
+    return decoded[2], decoded[3]
+
+
 def decode(data) -> Command:
     if not isinstance(data, (bytes, bytearray)):
         raise CommandError(f"command must be bytes, got {type(data).__name__}")

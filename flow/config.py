@@ -65,6 +65,9 @@ class RaftTiming:
     # Log compaction (snapshot) triggers; tests lower them to force snapshot installs.
     log_compaction_min_entries: int = 5000
     log_compaction_min_time_s: float = 300.0
+    # The leader runs each command once and replicates what it wrote (flow.speculation);
+    # false: every replica runs every command (the baseline bench/bench_perf.py compares).
+    replicate_write_sets: bool = True
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,12 @@ def _validate_timing(t: RaftTiming) -> None:
         return value
 
     for f in dataclasses.fields(t):
-        positive(f.name)
+        if f.type in (bool, "bool"):
+            if not isinstance(getattr(t, f.name), bool):
+                raise ConfigError(f"raft.{f.name} must be true or false, got "
+                                  f"{getattr(t, f.name)!r}", field=f"raft.{f.name}")
+        else:
+            positive(f.name)
     if t.election_timeout_max_s <= t.election_timeout_min_s:
         raise ConfigError("raft.election_timeout_max_s must exceed election_timeout_min_s",
                           field="raft.election_timeout_max_s")

@@ -38,6 +38,9 @@ proposals_in_flight_max = 4000
 # bytes below pysyncobj's append batch (256 KiB) so a batch travels in one message.
 proposal_batch_commands_max = 256
 proposal_batch_bytes_max = 192 * KIB
+# A leader replicates an entry's write set instead of its commands (flow.speculation)
+# unless the write set is larger than this; then the commands go, and every replica runs them.
+write_set_bytes_max = 384 * KIB
 # A completion may take this many of what it queued straight to its supervisor (eager
 # dispatch, flow.sm_supervisors): a workflow task spawning more leaves the rest queued.
 eager_items_per_completion_max = 16

@@ -61,6 +61,11 @@ dispatched = Counter("coda_shard_dispatched", "Workflow tasks and tasks sent to 
 eager_dispatched = Counter(
     "coda_shard_eager_dispatched",
     "Of those, assigned by the start or completion that queued them (eager dispatch)", ["shard"])
+appended_entries = Counter(
+    "coda_shard_appended_entries",
+    "Entries this replica appended as leader, by form: its write set (replicas make the "
+    "writes) or its commands (every replica runs them; flow.speculation)", ["shard", "form"])
+ENTRY_FORMS = ("writes", "commands")
 completions = Counter("coda_shard_completions",
                       "Completions from supervisors, by outcome (accepted, rejected, error)",
                       ["shard", "outcome"])
@@ -163,6 +168,8 @@ def init_shard(shard_label: str) -> None:
     for item in ITEMS:
         reported_failures.labels(shard_label, item)
     rejected_proposals.labels(shard_label, "in_flight")
+    for form in ENTRY_FORMS:
+        appended_entries.labels(shard_label, form)
 
 
 def count_timers_fired(shard_label: str, kind: str, fired: int) -> None:

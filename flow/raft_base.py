@@ -119,7 +119,13 @@ class DurableFileJournal(pjournal.FileJournal):
         self.flush()
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 
+    # Set by the replica while its leader appends proposals (flow.speculation): the entry
+    # stored, and replicated, in place of each command.
+    transform = None
+
     def add(self, command, idx, term):
+        if self.transform is not None:
+            command = self.transform(command, idx, term)
         pjournal.FileJournal.add(self, command, idx, term)
         self.dirty = True
 

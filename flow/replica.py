@@ -42,6 +42,7 @@ from coda.flow import commands, limits, metrics, queries
 from coda.flow.applier import Applier
 from coda.flow.config import NodeConfig
 from coda.flow.raft_base import DurableSyncObj, register_journal
+from coda.flow.speculation import Speculation
 from coda.storage import codec, keys
 from coda.storage.env import ShardStore
 
@@ -120,6 +121,7 @@ class ShardReplica(DurableSyncObj):
         _remove_snapshot_leftovers(base)
         self.store = ShardStore(os.path.join(base, "lmdb"))
         self.applier = Applier(self.store)
+        self.speculation = Speculation(self.store, shard, enabled=cfg.raft.replicate_write_sets)
         self._results_after_commit: list = []
         self._proposal_batch: list[tuple[bytes, asyncio.Future]] = []
         self._proposal_batch_bytes = 0
@@ -163,7 +165,30 @@ class ShardReplica(DurableSyncObj):
 
     @replicated
     def apply_entry(self, data):
-        return self.applier.apply(self.raftLastApplied + 1, data)
+        index = self.raftLastApplied + 1
+        return self.speculation.answer(index, self.applier.apply(index, data))
+
+    def _checkCommandsToApply(self):
+        # The leader appends this tick's proposals here: each becomes its write set.
+        journal = self._SyncObj__raftLog
+        if self.speculation.active and self._isLeader():
+            journal.transform = self.speculation.transform
+        try:
+            super()._checkCommandsToApply()
+        finally:
+            journal.transform = None
+            self.speculation.end_tick()
+
+    def _SyncObj__onBecomeLeader(self):
+        super()._SyncObj__onBecomeLeader()
+        # Entries past LMDB's applied index (earlier leaders', and the no-op just
+        # appended): the state every entry this leader appends is run on includes them.
+        self.speculation.on_become_leader(
+            self._SyncObj__getEntries(self.applier.applied_index + 1))
+
+    def _last_log_index(self) -> int:
+        journal = self._SyncObj__raftLog
+        return journal[-1][1] if len(journal) else 0
 
     def _SyncObj__applyLogEntries(self):
         try:
@@ -180,6 +205,8 @@ class ShardReplica(DurableSyncObj):
 
     def _commit_batch(self) -> None:
         entries = self.applier.commit()
+        self.speculation.committed(self.applier.applied_index, self._isLeader(),
+                                   self._last_log_index())
         if entries:
             metrics.apply_batch_entries.labels(self._label).observe(entries)
             metrics.apply_batch_seconds.labels(self._label).observe(self.applier.last_batch_duration_s)
@@ -224,6 +251,7 @@ class ShardReplica(DurableSyncObj):
                         os.fsync(out.fileno())
                     self.store.replace_with(tmp)
                     self.applier.reload()
+                    self.speculation.on_step_down()  # a leader never installs one; be sure
                     metrics.snapshot_installs.labels(self._label).inc()
                     log.info("shard %d: installed snapshot at applied index %d", self.shard, applied)
             self.finish_compaction(raft_data[0], raft_data[1])
@@ -241,6 +269,8 @@ class ShardReplica(DurableSyncObj):
             self.commit_listener()
 
     def _on_state_changed(self, old: int, new: int) -> None:
+        if new != 2:  # not (or no longer) leading: its pending writes may never commit
+            self.speculation.on_step_down()
         log.info("shard %d: %s -> %s", self.shard, ROLE_NAMES.get(old), ROLE_NAMES.get(new))
 
     def _publish_status(self) -> None:

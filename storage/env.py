@@ -252,6 +252,29 @@ class WriteBatch:
             child.commit()
             self.entries += 1
 
+    def write(self, items: list) -> None:
+        """Make a replicated write set: [[db, key, value or None (delete)], ...], in order.
+        Raises ValueError (nothing of it written) on an unknown db or a non-bytes key or
+        value."""
+        dbs = self._store._dbs
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 3 and item[0] in dbs
+                    and isinstance(item[1], bytes) and 0 < len(item[1]) <= 511
+                    and (item[2] is None or isinstance(item[2], bytes))):
+                raise ValueError(f"malformed write {item!r:.200}")
+        child = self._store._env.begin(write=True, parent=self._txn)
+        try:
+            for db, key, value in items:
+                if value is None:
+                    child.delete(key, db=dbs[db])
+                else:
+                    child.put(key, value, db=dbs[db])
+        except BaseException:
+            child.abort()
+            raise
+        child.commit()
+        self.entries += 1
+
     def commit(self, applied_index: int) -> None:
         try:
             self._txn.put(keys.META_APPLIED_INDEX, keys.u64(applied_index),

@@ -1,0 +1,115 @@
+"""Pending writes layered over LMDB (storage.overlay): reads must equal LMDB's own reads
+after every write were made. Real LMDB; the write sequences come from hypothesis."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coda.storage import keys
+from coda.storage.env import LmdbOptions, ShardStore
+from coda.storage.overlay import OverlayTxn, PendingWrites
+
+DBS = (keys.QUEUES, keys.HISTORY)
+KEYS = st.sampled_from([b"a", b"a\x00", b"a\x00b", b"ab", b"b", b"b\xff", b"c", b"\xff"])
+WRITE = st.tuples(st.sampled_from(DBS), KEYS, st.one_of(st.none(), st.binary(max_size=3)))
+ENTRIES = st.lists(st.lists(WRITE, max_size=6), min_size=1, max_size=12)
+PREFIXES = (b"", b"a", b"a\x00", b"b", b"\xff")
+
+
+@pytest.fixture
+def stores(tmp_path):
+    opened, made = [], [0]
+
+    def make(name):
+        made[0] += 1
+        name = name or f"s{made[0]}"
+        store = ShardStore(str(tmp_path / name), LmdbOptions(sync=False, metasync=False))
+        opened.append(store)
+        if len(opened) > 8:  # hypothesis runs many examples in one test: keep few open
+            opened.pop(0).close()
+        return store
+    yield make
+    for store in opened:
+        store.close()
+
+
+def _write(store: ShardStore, entries, first_index: int) -> None:
+    batch = store.begin_batch()
+    for entry in entries:
+        batch.write([[db, key, value] for db, key, value in entry])
+    batch.commit(first_index + len(entries) - 1)
+
+
+def _view(txn) -> dict:
+    """Every read the state machine makes, over the test's key space."""
+    out = {}
+    for db in DBS:
+        for key in (b"a", b"a\x00", b"a\x00b", b"ab", b"b", b"b\xff", b"c", b"\xff", b"zz"):
+            out[("get", db, key)] = txn.get(db, key)
+        for prefix in PREFIXES:
+            for start in (b"", b"a\x00", b"b"):
+                out[("scan", db, prefix, start)] = list(txn.scan(db, prefix=prefix, start=start))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=ENTRIES, split=st.integers(min_value=0, max_value=12),
+       dropped=st.integers(min_value=0, max_value=12))
+def test_pending_writes_over_lmdb_read_as_lmdb_with_them_made(stores, entries, split, dropped):
+    """Entries [0, split) are in LMDB, the rest pending; then some of those are made in
+    LMDB and dropped from pending. At each point, reads match LMDB holding them all."""
+    split = min(split, len(entries))
+    expected, layered = stores(None), stores(None)
+    _write(expected, entries, 1)
+    if split:
+        _write(layered, entries[:split], 1)
+    pending = PendingWrites()
+    for index, entry in enumerate(entries[split:], start=split + 1):
+        pending.push(index, {(db, key): value for db, key, value in entry})
+    with expected.read() as want_txn:
+        want = _view(want_txn)
+    with layered.read() as base:
+        assert _view(OverlayTxn(base, pending)) == want
+
+    made = min(split + dropped, len(entries))
+    if made > split:
+        _write(layered, entries[split:made], split + 1)
+        pending.drop_through(made)
+    with layered.read() as base:
+        assert _view(OverlayTxn(base, pending)) == want
+    pending.drop_through(len(entries))
+    assert len(pending) == 0 and pending.keys_from(DBS[0], b"", b"") is not None
+
+
+def test_a_commands_own_writes_come_first_and_deletes_hide(stores):
+    store = stores("s")
+    _write(store, [[(keys.QUEUES, b"a", b"lmdb"), (keys.QUEUES, b"b", b"lmdb")]], 1)
+    pending = PendingWrites()
+    pending.push(2, {(keys.QUEUES, b"a"): b"pending"})
+    with store.read() as base:
+        txn = OverlayTxn(base, pending)
+        assert txn.get(keys.QUEUES, b"a") == b"pending"
+        assert txn.delete(keys.QUEUES, b"b") is True
+        assert txn.delete(keys.QUEUES, b"nope") is False
+        txn.put(keys.QUEUES, b"c", b"own")
+        assert list(txn.scan(keys.QUEUES)) == [(b"a", b"pending"), (b"c", b"own")]
+        assert txn.writes == {(keys.QUEUES, b"b"): None, (keys.QUEUES, b"nope"): None,
+                              (keys.QUEUES, b"c"): b"own"}
+        with pytest.raises(ValueError):
+            txn.put(keys.QUEUES, b"x" * 512, b"v")  # LMDB would refuse it at commit
+        with pytest.raises(TypeError):
+            txn.put(keys.QUEUES, b"k", "not bytes")
+
+
+def test_dropping_a_layer_keeps_a_later_layers_write_of_the_same_key():
+    pending = PendingWrites()
+    pending.push(1, {(keys.QUEUES, b"k"): b"one"})
+    pending.push(2, {(keys.QUEUES, b"k"): b"two"})
+    pending.drop_through(1)
+    assert pending.lookup(keys.QUEUES, b"k") == (True, b"two")
+    assert list(pending.keys_from(keys.QUEUES, b"", b"")) == [b"k"]
+    pending.drop_through(2)
+    assert pending.lookup(keys.QUEUES, b"k") == (False, None)
+    assert list(pending.keys_from(keys.QUEUES, b"", b"")) == []
