@@ -278,7 +278,7 @@ class ShardDispatcher:
     def _send_eager(self) -> None:
         out, self._eager_out = self._eager_out, {}
         for session, assigned in out.values():
-            metrics.eager_dispatched.labels(str(self.shard)).inc(len(assigned))
+            metrics.child(metrics.eager_dispatched, str(self.shard)).inc(len(assigned))
             for start in range(0, len(assigned), limits.assign_items_max):
                 self._send_assigned(session, assigned[start:start + limits.assign_items_max])
 
@@ -290,8 +290,8 @@ class ShardDispatcher:
                 dispatch_of(txn, item, session.history_after(item) if item["kind"] == "wft"
                             else 0) for item in assigned])
         session.send(pb.FlowMessage(dispatches=message))
-        metrics.dispatched.labels(str(self.shard)).inc(len(assigned))
-        metrics.dispatch_batch_items.labels(str(self.shard)).observe(len(assigned))
+        metrics.child(metrics.dispatched, str(self.shard)).inc(len(assigned))
+        metrics.child(metrics.dispatch_batch_items, str(self.shard)).observe(len(assigned))
 
     # --- timers --------------------------------------------------------------------------
     async def _timer_loop(self) -> None:
@@ -408,13 +408,13 @@ class ShardDispatcher:
                                     "result waits open; poll describe instead", shard=self.shard)
         future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(workflow_id, set()).add(future)
-        metrics.result_waiters.labels(str(self.shard)).set(self._waiting)
+        metrics.child(metrics.result_waiters, str(self.shard)).set(self._waiting)
         return future
 
     def drop_waiter(self, workflow_id: str, future: asyncio.Future) -> None:
         waiters = self._waiters.get(workflow_id)
         self._waiting -= 1
-        metrics.result_waiters.labels(str(self.shard)).set(self._waiting)
+        metrics.child(metrics.result_waiters, str(self.shard)).set(self._waiting)
         if waiters is not None:
             waiters.discard(future)
             if not waiters:

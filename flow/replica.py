@@ -126,6 +126,8 @@ class ShardReplica(DurableSyncObj):
         self._proposal_batch: list[tuple[bytes, asyncio.Future]] = []
         self._proposal_batch_bytes = 0
         self._in_flight = 0
+        self._watched: dict[asyncio.Future, tuple[float, float, bool]] = {}
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._barrier_waiters: list[asyncio.Future] = []
         self._barrier_task: asyncio.Task | None = None
         self._status: dict = {"role": "follower", "term": 0, "leader": None}
@@ -208,8 +210,8 @@ class ShardReplica(DurableSyncObj):
         self.speculation.committed(self.applier.applied_index, self._isLeader(),
                                    self._last_log_index())
         if entries:
-            metrics.apply_batch_entries.labels(self._label).observe(entries)
-            metrics.apply_batch_seconds.labels(self._label).observe(self.applier.last_batch_duration_s)
+            metrics.child(metrics.apply_batch_entries, self._label).observe(entries)
+            metrics.child(metrics.apply_batch_seconds, self._label).observe(self.applier.last_batch_duration_s)
         results, self._results_after_commit = self._results_after_commit, []
         if results:  # one wake-up of the event loop per batch, not per command
             self.loop.call_soon_threadsafe(self._settle_batch, results)
@@ -349,21 +351,21 @@ class ShardReplica(DurableSyncObj):
                 f"{limits.proposals_in_flight_max}", shard=self.shard)
         future = self.loop.create_future()
         self._in_flight += 1
-        metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
+        metrics.child(metrics.proposals_in_flight, self._label).set(self._in_flight)
         started_s = time.perf_counter()
         try:
             self._enqueue_proposal(data, future)
             result = await self._outcome(future, timeout_s, read_only)
         except CodaError as exc:
-            metrics.proposal_errors.labels(self._label, exc.code).inc()
+            metrics.child(metrics.proposal_errors, self._label, exc.code).inc()
             raise
         finally:
             self._in_flight -= 1
-            metrics.proposals_in_flight.labels(self._label).set(self._in_flight)
-            metrics.proposal_seconds.labels(self._label).observe(time.perf_counter() - started_s)
+            metrics.child(metrics.proposals_in_flight, self._label).set(self._in_flight)
+            metrics.child(metrics.proposal_seconds, self._label).observe(time.perf_counter() - started_s)
         if "error" in result:
             exc = from_wire(result["error"])
-            metrics.proposal_errors.labels(self._label, exc.code).inc()
+            metrics.child(metrics.proposal_errors, self._label, exc.code).inc()
             raise exc
         if "effects" in result and self.effects_listener is not None:
             self.effects_listener(result["effects"])
@@ -395,27 +397,41 @@ class ShardReplica(DurableSyncObj):
                              callback=lambda result, error:
                              self._on_batch_result(futures, result, error))
         self.wake()
-        metrics.proposal_batch_commands.labels(self._label).observe(len(batch))
+        metrics.child(metrics.proposal_batch_commands, self._label).observe(len(batch))
 
     async def _outcome(self, future: asyncio.Future, timeout_s: float, read_only: bool) -> dict:
-        deadline = self.loop.time() + timeout_s
-        while True:
-            remaining = deadline - self.loop.time()
-            try:
-                return await asyncio.wait_for(asyncio.shield(future),
-                                              min(LEADERSHIP_CHECK_S, max(0.0, remaining)))
-            except TimeoutError:
-                pass
-            if read_only and not self._isLeader():
-                future.cancel()
-                raise NotLeader(f"this node lost the leadership of shard {self.shard} while "
-                                "a read waited", shard=self.shard, leader_hint=self.leader_hint())
-            if self.loop.time() >= deadline:
+        """The proposal's result. Its deadline (and, for a read, this node's leadership)
+        is checked by one sweep per replica every LEADERSHIP_CHECK_S, not a timer per
+        proposal: wait_for and shield cost a task and a handle each (#8)."""
+        self._watched[future] = (self.loop.time() + timeout_s, timeout_s, read_only)
+        if self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(LEADERSHIP_CHECK_S, self._sweep)
+        try:
+            return await future
+        finally:
+            self._watched.pop(future, None)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        now, leading = self.loop.time(), None
+        for future, (deadline_s, timeout_s, read_only) in list(self._watched.items()):
+            if future.done():
+                continue
+            if read_only:
+                leading = self._isLeader() if leading is None else leading
+                if not leading:
+                    future.set_exception(NotLeader(
+                        f"this node lost the leadership of shard {self.shard} while a read "
+                        "waited", shard=self.shard, leader_hint=self.leader_hint()))
+                    continue
+            if now >= deadline_s:
                 # pysyncobj may still answer later (or never: entries a snapshot covered);
-                # _settle ignores a cancelled future.
-                future.cancel()
-                raise Indeterminate(f"shard {self.shard}: no outcome within {timeout_s:.1f} s; "
-                                    "the command may still commit", shard=self.shard)
+                # _settle ignores a future already done.
+                future.set_exception(Indeterminate(
+                    f"shard {self.shard}: no outcome within {timeout_s:.1f} s; the command "
+                    "may still commit", shard=self.shard))
+        if self._watched:
+            self._sweep_handle = self.loop.call_later(LEADERSHIP_CHECK_S, self._sweep)
 
     def _on_result(self, future, result, error) -> None:
         # Tick thread (or the caller's thread for QUEUE_FULL). A success waits for the
@@ -462,7 +478,7 @@ class ShardReplica(DurableSyncObj):
             try:
                 await self.propose(commands.barrier(time_ms=int(time.time() * 1000)),
                                    read_only=True)
-                metrics.read_barriers.labels(self._label).inc()
+                metrics.child(metrics.read_barriers, self._label).inc()
                 outcome = None
             except CodaError as exc:
                 outcome = exc

@@ -121,8 +121,8 @@ def rpc(method):
             context.set_trailing_metadata(wire.error_trailers(err))
             await context.abort(grpc.StatusCode.INTERNAL, err.message)
         finally:
-            metrics.grpc_requests.labels(name, code).inc()
-            metrics.grpc_seconds.labels(name, code).observe(time.perf_counter() - started)
+            metrics.child(metrics.grpc_requests, name, code).inc()
+            metrics.child(metrics.grpc_seconds, name, code).observe(time.perf_counter() - started)
 
     return wrapper
 

@@ -150,7 +150,7 @@ async def _complete(dispatcher: ShardDispatcher, session, batch: list, reserved:
     `reserved`: the credit set aside for each one's eager dispatch."""
     replica = dispatcher.replica
     label = str(replica.shard)
-    metrics.completion_batch_items.labels(label).observe(len(batch))
+    metrics.child(metrics.completion_batch_items, label).observe(len(batch))
 
     async def one(completion, eager_items: int):
         eager = ({"supervisor_id": session.supervisor_id, "items": eager_items}
@@ -164,7 +164,7 @@ async def _complete(dispatcher: ShardDispatcher, session, batch: list, reserved:
     results = await asyncio.gather(*(one(c, n) for c, n in zip(batch, reserved)))
     acks = pb.CompletionAcks()
     for completion, (outcome, reason) in zip(batch, results):
-        metrics.completions.labels(label, outcome).inc()
+        metrics.child(metrics.completions, label, outcome).inc()
         if outcome == "accepted":
             acks.request_ids.append(completion.request_id)
             if completion.WhichOneof("outcome") == "failure":
