@@ -13,7 +13,10 @@
    killed with SIGKILL; the time from the kill to the next acknowledged command on shard
    0 (a start, probed every 20 ms through the surviving nodes). The node is restarted and
    every workflow of the load must still complete.
-4. Stored workflows (bench/bench_stored.py): W-seq on an empty cluster of the largest
+4. Baseline: a cluster of `--baseline-shards` with raft.replicate_write_sets off (every
+   replica re-runs every command, as before flow.speculation), W-seq and W-lat: the
+   write-set path's ratios against it.
+5. Stored workflows (bench/bench_stored.py): W-seq on an empty cluster of the largest
    shard count, then on one whose replicas were seeded with `--stored` completed
    workflows through the state machine; the throughput ratio and each node's RSS.
 
@@ -128,13 +131,14 @@ async def measure_cluster(args, cluster, supervisor, shards: int) -> dict:
     return out
 
 
-def run_cluster(args, shards: int, with_failover: bool) -> dict:
+def run_cluster(args, shards: int, with_failover: bool, raft: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="coda-bench-perf-") as root:
-        cluster = bx.Cluster(root, shards=shards)
+        cluster = bx.Cluster(root, shards=shards, raft=raft)
         supervisor = bx.SupervisorProcess(cluster, "workloads", root=root, workers=2,
                                           module_dir=HERE, supervisor_id="bench-supervisor")
         try:
-            print(f"{shards} shard(s): starting 3 nodes and a supervisor ...", flush=True)
+            print(f"{shards} shard(s){' ' + str(raft) if raft else ''}: starting 3 nodes "
+                  "and a supervisor ...", flush=True)
             cluster.start()
             cluster.wait_leaders(timeout_s=60)
             supervisor.start()
@@ -185,6 +189,19 @@ def table_rows(report: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"W-seq {seq['concurrency']}, best shard count ({best_shards})",
                      f"{best['wf_per_s']} wf/s", ">= 500",
                      f"{best['cpu_ms_per_wf']} ms CPU/wf; p50 {best['p50_ms']} ms"))
+    base = report.get("baseline")
+    if base:
+        b_seq = max(base["w_seq"], key=lambda t: t["concurrency"])
+        same = next(t for t in by_shards[base["shards"]]["w_seq"]
+                    if t["concurrency"] == b_seq["concurrency"])
+        rows.append((f"baseline: followers re-run commands ({base['shards']} shards, "
+                     f"{b_seq['concurrency']} in flight)",
+                     f"x{bx.ratio(same['wf_per_s'], b_seq['wf_per_s'])} wf/s, "
+                     f"x{bx.ratio(same['cpu_ms_per_wf'], b_seq['cpu_ms_per_wf'])} CPU/wf",
+                     "-", f"write sets {same['wf_per_s']} wf/s, {same['cpu_ms_per_wf']} ms/wf "
+                     f"against commands {b_seq['wf_per_s']} wf/s, {b_seq['cpu_ms_per_wf']} "
+                     f"ms/wf; W-lat p50 {by_shards[base['shards']]['w_lat']['p50_ms']} against "
+                     f"{base['w_lat']['p50_ms']} ms"))
     stored = report.get("stored")
     if stored:
         rss = max(v for v in stored["stored"]["rss_mib"].values() if v is not None)
@@ -279,9 +296,14 @@ def main() -> None:
                         help="Completed workflows seeded for the stored row (0: skip it)")
     parser.add_argument("--stored-repeat", type=int, default=3,
                         help="W-seq trials on the empty and on the seeded cluster")
+    parser.add_argument("--baseline-shards", type=int, default=2,
+                        help="Shard count of the baseline cluster that replicates commands "
+                        "instead of write sets (0: skip it); must be one of --shards")
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
+    if args.baseline_shards and args.baseline_shards not in args.shards:
+        parser.error("--baseline-shards must be one of --shards (its ratio needs both)")
 
     began, load_at_start = time.monotonic(), os.getloadavg()
     print("raw ceilings ...", flush=True)
@@ -290,6 +312,12 @@ def main() -> None:
     for i, shards in enumerate(args.shards):
         last = i == len(args.shards) - 1
         clusters.append(run_cluster(args, shards, with_failover=last and not args.no_failover))
+    baseline = None
+    if args.baseline_shards:
+        # The same cluster with raft.replicate_write_sets off (every replica runs every
+        # command, as before flow.speculation): its ratio row, measured in this run.
+        baseline = run_cluster(args, args.baseline_shards, with_failover=False,
+                               raft={"replicate_write_sets": False})
     stored = None
     if args.stored:
         stored = bench_stored.measure(stored=args.stored, shards=max(args.shards),
@@ -302,7 +330,7 @@ def main() -> None:
                     "platform": platform.platform(), "load_avg_at_start": load_at_start,
                     "load_avg_at_end": os.getloadavg()},
         "git": bx.git_facts(), "settings": vars(args), "targets": bx.TARGETS,
-        "ceilings": ceilings, "clusters": clusters, "stored": stored,
+        "ceilings": ceilings, "clusters": clusters, "baseline": baseline, "stored": stored,
         "wall_seconds": round(time.monotonic() - began, 1),
     }
     rows = table_rows(report)

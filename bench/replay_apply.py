@@ -1,7 +1,9 @@
 """Replay a shard's recorded Raft journal into a fresh LMDB: the apply path's CPU per command.
 
-Every replica runs each committed command through flow.applier -> flow.state_machine, so
-apply CPU is paid three times per command. This reads a real journal (say, a node's
+With raft.replicate_write_sets off, every replica runs each committed command through
+flow.applier -> flow.state_machine (apply CPU paid three times per command); on (the
+default) the journal holds write sets, which replay as LMDB writes ("writes" below: the
+per-entry cost every replica pays now). This reads a real journal (say, a node's
 `shard-000/raft.journal` kept from a bench run with `--keep`), applies its entries in
 batches of `--batch` per LMDB transaction (as a replica's tick does), and prints the CPU
 per command by kind, optionally under cProfile.
@@ -59,7 +61,10 @@ def replay(datas: list[bytes], batch: int) -> dict:
         applier = Applier(store)
         began = time.process_time()
         for index, data in enumerate(datas, start=1):
-            kind = commands.decode(data).kind
+            # A write-set entry (flow.speculation: what a leader's run of its commands
+            # wrote) replays as its writes: what every replica pays per entry now.
+            kind = commands.WRITES if commands.split_writes(data) is not None \
+                else commands.decode(data).kind
             t = time.process_time()
             applier.apply(index, data)
             by_kind_s[kind] += time.process_time() - t
