@@ -187,8 +187,11 @@ def dev(data_dir, shards, host, base_port, log_level) -> None:
                  "--log-level", log_level], stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True))
         address = ",".join(n.client for n in cfg.nodes)
-        if not _wait_all_leaders(address, cfg.shards, procs, DEV_READY_TIMEOUT_S,
-                                 lambda: stopping):
+        ready = _wait_all_leaders(address, cfg.shards, procs, DEV_READY_TIMEOUT_S,
+                                  lambda: stopping)
+        # Checked again: a signal that came while the last status call was in flight
+        # (the elections finishing meanwhile) must not announce a cluster being stopped.
+        if not ready or stopping:
             return  # SIGTERM/SIGINT during start-up: stop now, print no address
         click.echo(f"CODA_ADDRESS={address}")
         click.echo("CODA_METRICS=" + ",".join(f"http://{n.metrics}/metrics" for n in cfg.nodes))
