@@ -287,8 +287,9 @@ class ShardDispatcher:
         state (the caller runs after the commit)."""
         with self.replica.store.read() as txn:
             message = pb.Dispatches(items=[
-                dispatch_of(txn, item, session.history_after(item) if item["kind"] == "wft"
-                            else 0) for item in assigned])
+                dispatch_of(txn, item, session.history_after(item)) if item["kind"] == "wft"
+                else _with_run_history(txn, session, item, dispatch_of(txn, item))
+                for item in assigned])
         session.send(pb.FlowMessage(dispatches=message))
         metrics.child(metrics.dispatched, str(self.shard)).inc(len(assigned))
         metrics.child(metrics.dispatch_batch_items, str(self.shard)).observe(len(assigned))
@@ -439,6 +440,31 @@ def by_kind(due: dict[bytes, str]) -> dict[str, list[bytes]]:
     for key, kind in due.items():
         groups.setdefault(kind, []).append(key)
     return groups
+
+
+def _with_run_history(txn, session: Session, item: dict, dispatch: pb.Dispatch) -> pb.Dispatch:
+    """A task dispatched to the session that holds its run's history (it ran the run's
+    last workflow task) carries the events since, through this task's start: its
+    supervisor can then run the next workflow task on the task's result at once and send
+    both together (Completion.then_workflow_task, sm_supervisors.chained_wft_refusal).
+    Bounded; a run with more news than that gets none (the chain is only a shortcut)."""
+    run = (item["workflow_id"], item["run_id"])
+    after = session.history_sent.get(run)
+    if after is None:
+        return dispatch
+    events, size_bytes = [], 0
+    for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(*run),
+                           start=keys.history_key(*run, after + 1)):
+        size_bytes += len(raw)
+        if len(events) >= limits.task_history_events_max or size_bytes > limits.task_history_bytes_max:
+            return dispatch
+        events.append(codec.unpack(raw))
+    if events:
+        session.history_sent[run] = events[-1]["event_id"]
+        session.history_sent.move_to_end(run)
+        dispatch.history = codec.pack(events)
+        dispatch.history_after_event_id = after
+    return dispatch
 
 
 def dispatch_of(txn, item: dict, history_after_event_id: int = 0) -> pb.Dispatch:

@@ -44,6 +44,13 @@ write_set_bytes_max = 384 * KIB
 # A completion may take this many of what it queued straight to its supervisor (eager
 # dispatch, flow.sm_supervisors): a workflow task spawning more leaves the rest queued.
 eager_items_per_completion_max = 16
+# A chained workflow task's TaskCompleted is stamped with its supervisor's clock: accepted
+# within this much of the leader's (sm_supervisors.chained_wft_refusal).
+chained_wft_clock_skew_ms = 1000
+# The history a task's dispatch carries to the supervisor that ran its workflow's last
+# workflow task (flow.dispatcher._with_run_history); more than this and it carries none.
+task_history_events_max = 64
+task_history_bytes_max = 64 * KIB
 # pysyncobj's own command queue; kept above ours so ours is the one that answers.
 raft_commands_queue_max = proposals_in_flight_max * 2
 # How long a proposal may wait for its commit before the caller gets INDETERMINATE.

@@ -61,6 +61,12 @@ dispatched = Counter("coda_shard_dispatched", "Workflow tasks and tasks sent to 
 eager_dispatched = Counter(
     "coda_shard_eager_dispatched",
     "Of those, assigned by the start or completion that queued them (eager dispatch)", ["shard"])
+chained_workflow_tasks = Counter(
+    "coda_shard_chained_workflow_tasks",
+    "Workflow tasks a supervisor ran on a task's result and sent with it, by outcome: "
+    "accepted (committed with the result: one commit and dispatch less) or refused "
+    "(the result alone; the workflow task went the usual way)", ["shard", "outcome"])
+CHAINED_OUTCOMES = ("accepted", "refused")
 appended_entries = Counter(
     "coda_shard_appended_entries",
     "Entries this replica appended as leader, by form: its write set (replicas make the "
@@ -184,6 +190,8 @@ def init_shard(shard_label: str) -> None:
     rejected_proposals.labels(shard_label, "in_flight")
     for form in ENTRY_FORMS:
         appended_entries.labels(shard_label, form)
+    for outcome in CHAINED_OUTCOMES:
+        chained_workflow_tasks.labels(shard_label, outcome)
 
 
 def count_timers_fired(shard_label: str, kind: str, fired: int) -> None:

@@ -140,6 +140,9 @@ def eager_wanted(completion) -> int:
     if completion.WhichOneof("outcome") == "workflow_commands":
         return min(limits.eager_items_per_completion_max,
                    1 + codec.array_length(bytes(completion.workflow_commands)))
+    if completion.HasField("then_workflow_task") and completion.WhichOneof("outcome") == "result":
+        return min(limits.eager_items_per_completion_max, 1 + codec.array_length(
+            bytes(completion.then_workflow_task.workflow_commands)))
     return 1
 
 
@@ -157,7 +160,7 @@ async def _complete(dispatcher: ShardDispatcher, session, batch: list, reserved:
                  if eager_items else None)
         try:
             return await _complete_one(replica, completion, payload_bytes_max,
-                                       history_limit, eager)
+                                       history_limit, eager, session.supervisor_id)
         finally:
             dispatcher.settle_eager(session, completion.request_id, eager_items)
 
@@ -180,12 +183,17 @@ async def _complete(dispatcher: ShardDispatcher, session, batch: list, reserved:
 
 
 async def _complete_one(replica, completion, payload_bytes_max: int,
-                        history_limit: dict, eager: dict | None = None) -> tuple[str, object]:
+                        history_limit: dict, eager: dict | None = None,
+                        session_supervisor: str = "") -> tuple[str, object]:
     try:
         validate.request_id(completion.request_id)
         kind = completion.WhichOneof("outcome")
         if kind == "result":
             outcome = {"result": bytes(completion.result)}
+            if completion.HasField("then_workflow_task"):
+                outcome.update(_chained_outcome(completion.then_workflow_task,
+                                                session_supervisor, payload_bytes_max,
+                                                history_limit))
         elif kind == "failure":
             f = completion.failure
             outcome = {"failure": {"type": f.error_type, "message": f.message, "stack": f.stack,
@@ -200,9 +208,24 @@ async def _complete_one(replica, completion, payload_bytes_max: int,
         else:
             raise InvalidArgument("a completion needs a result, a failure or commands",
                                   field="outcome")
-        ok = await _propose_completion(replica, completion, outcome, eager=eager)
+        try:
+            ok = await _propose_completion(replica, completion, outcome, eager=eager)
+        except CodaError as exc:
+            if "then_workflow_task" not in outcome or not _refused(exc):
+                raise
+            # The chained workflow task's commands were refused (a limit, a malformed
+            # command): never the result with them. The result goes alone; the workflow
+            # task is then dispatched as usual and meets the same refusal there.
+            log.info("shard %d: chained workflow task of %s refused (%s): result alone",
+                     replica.shard, completion.workflow_id, exc.message)
+            del outcome["then_workflow_task"], outcome["history_limit"]
+            ok = await _propose_completion(replica, completion, outcome, "/result",
+                                           eager=eager)
+        if "chained" in ok:
+            metrics.child(metrics.chained_workflow_tasks, str(replica.shard),
+                          "accepted" if ok["chained"] == "accepted" else "refused").inc()
     except CodaError as exc:
-        refused = isinstance(exc, InvalidArgument) or (exc.definite and not exc.retryable)
+        refused = _refused(exc)
         if refused and completion.WhichOneof("outcome") == "workflow_commands":
             # Commands the shard refuses (over a limit, malformed) would leave the
             # workflow task running for ever: it fails instead, retried with backoff and
@@ -213,6 +236,29 @@ async def _complete_one(replica, completion, payload_bytes_max: int,
             return "rejected", f"{exc.code}: {exc.message}"
         return "error", exc
     return _answer(ok)
+
+
+def _refused(exc: CodaError) -> bool:
+    """A final no from the shard (malformed, over a limit), not an unknown outcome."""
+    return isinstance(exc, InvalidArgument) or (exc.definite and not exc.retryable)
+
+
+def _chained_outcome(chained, supervisor_id: str, payload_bytes_max: int,
+                     history_limit: dict) -> dict:
+    """The body fields of a task result's chained workflow task (sm_supervisors
+    .chained_wft_refusal decides whether it commits)."""
+    try:
+        workflow_commands = codec.decode_payload(bytes(chained.workflow_commands),
+                                                 what="chained workflow commands")
+    except CodaError as exc:  # the result still counts; its workflow task runs as usual
+        log.info("chained workflow task dropped: %s", exc.message)
+        return {}
+    return {"then_workflow_task": {
+                "seen_event_id": chained.seen_event_id,
+                "completed_time_ms": chained.completed_time_ms,
+                "supervisor_id": supervisor_id,
+                "commands": bound_payloads(workflow_commands, payload_bytes_max)},
+            "history_limit": history_limit}
 
 
 def _answer(ok: dict) -> tuple[str, object]:

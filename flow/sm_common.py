@@ -104,10 +104,13 @@ def current_run(txn: Txn, workflow_id: str, run_id: str) -> dict | None:
     return record
 
 
-def append_history(ctx: Ctx, record: dict, event: dict) -> int:
+def append_history(ctx: Ctx, record: dict, event: dict, time_ms: int | None = None) -> int:
+    """Append `event`, stamped with the command's time (or `time_ms`: a chained workflow
+    task's TaskCompleted keeps the time the supervisor's run of it saw, sm_supervisors)."""
     record["history_length"] += 1
     event_id = record["history_length"]
-    data = codec.pack(dict(event, event_id=event_id, time_ms=ctx.time_ms))
+    data = codec.pack(dict(event, event_id=event_id,
+                           time_ms=ctx.time_ms if time_ms is None else time_ms))
     record["history_bytes"] = record.get("history_bytes", 0) + len(data)
     ctx.txn.put(keys.HISTORY, keys.history_key(record["workflow_id"], record["run_id"], event_id),
                 data)

@@ -207,7 +207,18 @@ def complete(ctx: c.Ctx, body: dict) -> dict:
                 "type": "PayloadError", "message": f"the result of task {task['task']} is "
                 f"not msgpack bytes within {limits.payload_bytes_max} bytes"}, retryable=False)
         else:
+            chained = body.get("then_workflow_task")
+            why = chained_wft_refusal(ctx, record, chained) if chained is not None else None
+            if chained is not None and why is None:
+                sm_tasks.complete(ctx, task, record, result, chained["completed_time_ms"])
+                sm_workflows.complete_chained_wft(ctx, record, chained["supervisor_id"],
+                                                  chained["commands"], c.history_limits(body))
+                return {"accepted": True, "chained": "accepted"}
             sm_tasks.complete(ctx, task, record, result)
+            if chained is not None:
+                sm_workflows.wake(ctx, record)
+                c.save_workflow(ctx.txn, record)
+                return {"accepted": True, "chained": why}
     else:
         failure = _failure(body.get("failure"))
         retryable = not failure.pop("non_retryable", False)
@@ -219,6 +230,37 @@ def complete(ctx: c.Ctx, body: dict) -> dict:
     sm_workflows.wake(ctx, record)
     c.save_workflow(ctx.txn, record)
     return {"accepted": True}
+
+
+def chained_wft_refusal(ctx: c.Ctx, record: dict, chained) -> str | None:
+    """Why the workflow task a supervisor ran on a task's result can't commit with it
+    (None: it can). It ran on the history the supervisor holds plus that TaskCompleted;
+    it is the workflow task the run would get next only if nothing else is pending or
+    was appended since, and only if that supervisor could have been assigned it. Its
+    TaskCompleted keeps the supervisor's time (what `now()` saw), within a bounded skew
+    of the leader's. Refused, the result alone commits and a workflow task is queued as
+    usual: the chain is an optimization, never a different outcome."""
+    if not (isinstance(chained, dict) and type(chained.get("seen_event_id")) is int
+            and type(chained.get("completed_time_ms")) is int
+            and isinstance(chained.get("commands"), list)
+            and len(chained["commands"]) <= limits.workflow_task_commands_max
+            and isinstance(chained.get("supervisor_id"), str)):
+        return "malformed"
+    if record["wft"] or record.get("wft_needed") or record.get("cancel_requested"):
+        return "the run has a workflow task pending"
+    if chained["seen_event_id"] != record["history_length"] + 1:
+        return "the history moved on"
+    if abs(chained["completed_time_ms"] - ctx.time_ms) > limits.chained_wft_clock_skew_ms:
+        return "clock skew"
+    raw_supervisor = ctx.txn.get(keys.SUPERVISORS, chained["supervisor_id"].encode())
+    if raw_supervisor is None:
+        return "supervisor not registered"
+    supervisor = codec.unpack(raw_supervisor)
+    build_id = supervisor.get("build_id") or ""
+    if (record.get("build_id") or "") != build_id or record["queue"] not in queues_of(
+            supervisor.get("workflow_types", ()), (), build_id):
+        return "the supervisor does not take this run's workflow tasks"
+    return None
 
 
 def _failure(failure) -> dict:

@@ -125,13 +125,14 @@ def running_attempt(ctx: c.Ctx, workflow_id: str, run_id: str, key: str, attempt
     return (task, record), None
 
 
-def complete(ctx: c.Ctx, task: dict, record: dict, result: bytes) -> None:
+def complete(ctx: c.Ctx, task: dict, record: dict, result: bytes,
+             time_ms: int | None = None) -> None:
     _stop_attempt(ctx, task)
     task.update(status=c.COMPLETED, args=None)
     c.save_task(ctx.txn, task)
     record["open_tasks"] = max(0, record.get("open_tasks", 1) - 1)
     c.append_history(ctx, record, {"type": "TaskCompleted", "key": task["key"], "result": result,
-                                   "attempt": task["attempt"]})
+                                   "attempt": task["attempt"]}, time_ms)
     record["wft_needed"] = True
 
 

@@ -291,8 +291,23 @@ def running_wft(ctx: c.Ctx, workflow_id: str, run_id: str, attempt: int):
 
 def _end_wft(ctx: c.Ctx, record: dict) -> None:
     wft = record["wft"]
-    c.remove_assignment(ctx.txn, wft["supervisor"], record["workflow_id"], record["run_id"], c.WFT)
+    if not wft.get("chained"):  # a chained one was never assigned (complete_chained_wft)
+        c.remove_assignment(ctx.txn, wft["supervisor"], record["workflow_id"],
+                            record["run_id"], c.WFT)
     record["wft"] = None
+
+
+def complete_chained_wft(ctx: c.Ctx, record: dict, supervisor_id: str, commands: list,
+                         history_limit: tuple[int, int]) -> None:
+    """A workflow task the supervisor ran as soon as a task's result was in, committed
+    with that result (sm_supervisors.chained_wft_refusal said it saw the whole history):
+    as if it had been queued, assigned to that supervisor and completed, in one command."""
+    record["wft_attempt"] += 1
+    record["wft"] = {"state": "running", "attempt": record["wft_attempt"],
+                     "supervisor": supervisor_id, "seen": record["history_length"],
+                     "chained": True}
+    record["wft_needed"] = False
+    complete_wft(ctx, record, commands, history_limit)
 
 
 def complete_wft(ctx: c.Ctx, record: dict, commands: list,

@@ -780,7 +780,7 @@ class TaskHeartbeat(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., details: _Optional[bytes] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("request_id", "workflow_id", "run_id", "task_key", "attempt", "result", "failure", "workflow_commands")
+    __slots__ = ("request_id", "workflow_id", "run_id", "task_key", "attempt", "result", "failure", "workflow_commands", "then_workflow_task")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -789,6 +789,7 @@ class Completion(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    THEN_WORKFLOW_TASK_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     workflow_id: str
     run_id: str
@@ -797,7 +798,18 @@ class Completion(_message.Message):
     result: bytes
     failure: Failure
     workflow_commands: bytes
-    def __init__(self, request_id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., workflow_commands: _Optional[bytes] = ...) -> None: ...
+    then_workflow_task: SpeculativeWorkflowTask
+    def __init__(self, request_id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., workflow_commands: _Optional[bytes] = ..., then_workflow_task: _Optional[_Union[SpeculativeWorkflowTask, _Mapping]] = ...) -> None: ...
+
+class SpeculativeWorkflowTask(_message.Message):
+    __slots__ = ("seen_event_id", "completed_time_ms", "workflow_commands")
+    SEEN_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    seen_event_id: int
+    completed_time_ms: int
+    workflow_commands: bytes
+    def __init__(self, seen_event_id: _Optional[int] = ..., completed_time_ms: _Optional[int] = ..., workflow_commands: _Optional[bytes] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("message", "error_type", "stack", "non_retryable")

@@ -39,6 +39,10 @@ class HistoryCache:
         self.hits += 1
         return cached[:after_event_id] + list(tail)
 
+    def peek(self, run: tuple[str, str]) -> list[dict] | None:
+        """The cached history of a run as it is (no hit or miss counted)."""
+        return self._runs.get(run)
+
     def put(self, run: tuple[str, str], history: list[dict]) -> None:
         old = self._runs.pop(run, None)
         if old is not None:

@@ -101,6 +101,14 @@ class SupervisorMetrics:
                                10.0, 30.0, 60.0, 300.0), registry=r)
         for item in ITEMS:
             self.item_seconds.labels(item)
+        self.chained = Counter(
+            "coda_supervisor_chained_workflow_tasks",
+            "Workflow tasks run here on a task's result (coda.supervisor.chaining), by what "
+            "became of them: sent with the result, dropped (the run failed or did not fit; "
+            "the result went alone), timed_out (the result went alone after CHAIN_WAIT_S)",
+            ["outcome"], registry=r)
+        for outcome in ("sent", "dropped", "timed_out"):
+            self.chained.labels(outcome)
         self.history_fetches = Counter(
             "coda_supervisor_history_fetches",
             "Whole histories read from Flow for a workflow task the cache could not complete, "

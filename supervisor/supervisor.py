@@ -45,6 +45,7 @@ from coda.errors import ConfigError, PayloadError
 from coda.flow import limits
 from coda.storage import codec
 from coda.supervisor.broadcasts import SupervisorReads
+from coda.supervisor.chaining import CHAIN_WAIT_S, Chains, attach
 from coda.supervisor.health import HealthServer
 from coda.supervisor.history_cache import HistoryCache
 from coda.supervisor.metrics import SupervisorMetrics
@@ -316,6 +317,7 @@ class Supervisor:
         self._payload_bytes_max: list[int] = []
         self._channels = ChannelCache()
         self.histories = HistoryCache()
+        self.chains = Chains(self.histories)
         self._history_client = None
         self.reads: SupervisorReads | None = None
         self._fetches: set[asyncio.Task] = set()
@@ -420,6 +422,7 @@ class Supervisor:
         if self._items:
             log.info("draining: %d items in flight, up to %.1f s", len(self._items), self.drain_s)
             await self._wait_until(lambda: not self._items, self.drain_s)
+        self._flush_chains()
         if self._items:
             log.warning("%d items still running after the drain: reported as %s",
                         len(self._items), SHUTDOWN_ERROR)
@@ -604,9 +607,16 @@ class Supervisor:
             self._fail(item_id, SHUTDOWN_ERROR,
                        f"supervisor {self.supervisor_id} is shutting down: not started")
             return
+        if not item.is_workflow_task and dispatch.history:
+            try:
+                self.chains.note_task(dispatch, history_tail(dispatch))
+            except PayloadError as exc:  # only a shortcut lost: the task runs all the same
+                log.warning("shard %d: the history on %s is unreadable: %s", shard, item,
+                            exc.message)
         try:
             history = None
             if item.is_workflow_task:
+                self.chains.note_workflow_task(dispatch)
                 history = self._full_history(dispatch)
                 if history is None:  # not cached: fetch it from Flow, then run it
                     task = asyncio.get_running_loop().create_task(
@@ -700,6 +710,9 @@ class Supervisor:
 
     def _on_done(self, message: dict) -> None:
         item_id = message.get("id")
+        if item_id in self.chains.pending:
+            self._chain_done(item_id, message)
+            return
         item = self._items.get(item_id)
         if item is None:
             return  # already reported (timed out at shutdown, a duplicate answer)
@@ -710,7 +723,57 @@ class Supervisor:
                            f"of {item.timed_out_s:g} s"}}
         completion = completion_for(item, message, request_id=uuid.uuid4().hex,
                                     payload_bytes_max=self._payload_bytes_max[item.shard])
-        self._complete(item_id, completion)
+        if item.is_workflow_task or self.state != "running" or not self._chain(item_id, completion):
+            self._complete(item_id, completion)
+
+    # --- chained workflow tasks (coda.supervisor.chaining) ------------------------------
+    def _chain(self, item_id: str, completion: pb.Completion) -> bool:
+        """Run the workflow task this task's result wakes, to send both at once; False if
+        it can't chain (the result then goes alone, now)."""
+        chain_id = f"{next(self._ids):x}"
+        found = self.chains.message_for(chain_id, completion)
+        if found is None:
+            return False
+        message, chain = found
+        chain.item_id = item_id
+        chain.timer = asyncio.get_running_loop().call_later(
+            CHAIN_WAIT_S, self._chain_timed_out, chain_id)
+        self.chains.pending[chain_id] = chain
+        try:
+            self.pool.submit(message)
+        except Exception:
+            log.exception("the worker pool refused a chained workflow task")
+            self.chains.pending.pop(chain_id)
+            chain.timer.cancel()
+            return False
+        return True
+
+    def _chain_done(self, chain_id: str, message: dict) -> None:
+        chain = self.chains.pending.pop(chain_id)
+        chain.timer.cancel()
+        commands = message.get("commands")
+        item = self._items.get(chain.item_id)
+        if item is None:
+            return  # the task was reported meanwhile (a hurried shutdown)
+        sent = False
+        if message.get("error") is None and isinstance(commands, list):
+            try:
+                sent = attach(chain.completion, chain, codec.pack(commands), COMPLETION_BYTES_MAX)
+            except Exception:  # what can't be packed goes the usual way, and fails there
+                sent = False
+        self.metrics.chained.labels("sent" if sent else "dropped").inc()
+        self._complete(chain.item_id, chain.completion)
+
+    def _chain_timed_out(self, chain_id: str) -> None:
+        chain = self.chains.pending.pop(chain_id, None)
+        if chain is not None and chain.item_id in self._items:
+            self.metrics.chained.labels("timed_out").inc()
+            self._complete(chain.item_id, chain.completion)
+
+    def _flush_chains(self) -> None:
+        """Send every result still waiting for its chained workflow task, alone."""
+        for chain_id in list(self.chains.pending):
+            self._chain_timed_out(chain_id)
 
     def _fail(self, item_id: str, error_type: str, message: str, *,
               non_retryable: bool = False) -> None:

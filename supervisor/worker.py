@@ -125,7 +125,10 @@ def load_registry(module_name: str) -> Registry:
 class LiveRun:
     run: WorkflowRun
     fed_events: int = 0
-    last_event_id: object = None
+    # What identifies the last event it was fed (event_fingerprint): an id alone is not
+    # enough, since a chained workflow task (the supervisor's own TaskCompleted) may have
+    # run on an event Flow then recorded otherwise (later, or another event in its place).
+    last_event: object = None
     # ScheduleTask keys the run emitted last time: a history that extends what the run was
     # fed must also record them, or those commands never committed (a lost completion, a
     # redelivered dispatch) and the run would not emit them again. Then: replay.
@@ -135,7 +138,7 @@ class LiveRun:
 
     def extended_by(self, history: list) -> bool:
         fed = self.fed_events
-        if len(history) < fed or (fed and history[fed - 1].get("event_id") != self.last_event_id):
+        if len(history) < fed or (fed and event_fingerprint(history[fed - 1]) != self.last_event):
             return False
         recorded = {e.get("key") for e in history[fed:] if e.get("type") == "TaskScheduled"}
         kinds = collections.Counter(e.get("type") for e in history[fed:])
@@ -148,6 +151,10 @@ class LiveRun:
             READ_RECORDED_AS.get(c.get("kind")) if c["type"] == "RecordRead"
             else RECORDED_AS.get(c["type"]) for c in commands)
         self.awaiting_events.pop(None, None)
+
+
+def event_fingerprint(event: dict) -> tuple:
+    return (event.get("event_id"), event.get("type"), event.get("key"), event.get("time_ms"))
 
 
 class RunCache:
@@ -265,7 +272,7 @@ class WorkflowTasks:
         commands = self._finish(definition, commands)
         if not live.run.finished and not any(c["type"] in FINAL_COMMANDS for c in commands):
             live.fed_events = len(history)
-            live.last_event_id = history[-1].get("event_id") if history else None
+            live.last_event = event_fingerprint(history[-1]) if history else None
             live.expect(commands)
             self.cache.put(key, live)
         return {"op": "done", "id": item_id, "commands": commands, "cached": cached}

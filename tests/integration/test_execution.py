@@ -418,19 +418,57 @@ def test_an_idle_supervisor_gets_each_next_step_in_the_commit_that_queued_it(env
     shard = env.cluster.shard_of(wid)
     leader = env.cluster.leader_node(shard)
     before = env.cluster.metric(leader, "coda_shard_eager_dispatched_total", shard=str(shard))
+    chained_before = env.cluster.metric(leader, "coda_shard_chained_workflow_tasks_total",
+                                        shard=str(shard), outcome="accepted")
     handle = env.client.start_workflow("process_event", {
         "project_id": "p1", "event_data": {"event_id": "E-2", "Kind": "Click"}}, workflow_id=wid)
     assert handle.result(timeout=RESULT_TIMEOUT_S)["receipt"] == "stored E-2"
     eager = env.cluster.metric(leader, "coda_shard_eager_dispatched_total",
                                shard=str(shard)) - before
-    # 3 workflow tasks and 2 tasks; the start's may go through the queue if the
-    # supervisor's credit on that shard was down to its last slot.
-    assert eager >= 4, eager
+    chained = env.cluster.metric(leader, "coda_shard_chained_workflow_tasks_total",
+                                 shard=str(shard), outcome="accepted") - chained_before
+    # 3 workflow tasks and 2 tasks, each either dispatched eagerly or (workflow tasks
+    # after a task) chained with its result; the start's may go through the queue if
+    # the supervisor's credit on that shard was down to its last slot.
+    assert eager + chained >= 4, (eager, chained)
     history = handle.history()
     assert [e["type"] for e in history] == [
         "WorkflowExecutionStarted", "WorkflowTaskCompleted", "TaskScheduled", "TaskStarted",
         "TaskCompleted", "WorkflowTaskCompleted", "TaskScheduled", "TaskStarted",
         "TaskCompleted", "WorkflowTaskCompleted", "WorkflowExecutionCompleted"]
+
+
+def test_a_tasks_result_and_the_workflow_task_it_wakes_commit_together(env):
+    """Chained workflow tasks (coda.supervisor.chaining, sm_supervisors.chained_wft_refusal):
+    the supervisor that ran a sequential workflow's last workflow task runs the next one
+    on each task's result and sends both; the shard commits them as one step. The history
+    and the once-only runs are those of the unchained path, and the recorded TaskCompleted
+    times are what the workflow's now() saw."""
+    wid = new_id("chain")
+    shard = env.cluster.shard_of(wid)
+    leader = env.cluster.leader_node(shard)
+
+    def accepted() -> float:
+        return env.cluster.metric(leader, "coda_shard_chained_workflow_tasks_total",
+                                  shard=str(shard), outcome="accepted")
+
+    before = accepted()
+    handle = env.client.start_workflow("process_event", {
+        "project_id": "p1", "event_data": {"event_id": "E-3", "Kind": "Click"}}, workflow_id=wid)
+    assert handle.result(timeout=RESULT_TIMEOUT_S)["receipt"] == "stored E-3"
+    # Both results chain on an idle cluster; one may miss its chain if its task's dispatch
+    # went through the queue (no history on it) when credit was short.
+    assert accepted() - before >= 1
+    history = handle.history()
+    assert [e["type"] for e in history] == [
+        "WorkflowExecutionStarted", "WorkflowTaskCompleted", "TaskScheduled", "TaskStarted",
+        "TaskCompleted", "WorkflowTaskCompleted", "TaskScheduled", "TaskStarted",
+        "TaskCompleted", "WorkflowTaskCompleted", "WorkflowExecutionCompleted"]
+    assert [e["event_id"] for e in history] == list(range(1, len(history) + 1))
+    for done, marker in zip(of_type(history, "TaskCompleted"),
+                            of_type(history, "WorkflowTaskCompleted")[1:]):
+        assert marker["seen_event_id"] == done["event_id"]
+        assert abs(done["time_ms"] - marker["time_ms"]) < 1000
 
 
 def test_a_durable_sleep_fires_on_time_and_once(env):
