@@ -285,10 +285,11 @@ class ShardDispatcher:
     def _send_assigned(self, session: Session, assigned: list[dict]) -> None:
         """One `dispatches` message for committed assignments, built from the committed
         state (the caller runs after the commit)."""
+        budget = [limits.task_history_bytes_per_message_max]
         with self.replica.store.read() as txn:
             message = pb.Dispatches(items=[
                 dispatch_of(txn, item, session.history_after(item)) if item["kind"] == "wft"
-                else _with_run_history(txn, session, item, dispatch_of(txn, item))
+                else _with_run_history(txn, session, item, dispatch_of(txn, item), budget)
                 for item in assigned])
         session.send(pb.FlowMessage(dispatches=message))
         metrics.child(metrics.dispatched, str(self.shard)).inc(len(assigned))
@@ -442,23 +443,28 @@ def by_kind(due: dict[bytes, str]) -> dict[str, list[bytes]]:
     return groups
 
 
-def _with_run_history(txn, session: Session, item: dict, dispatch: pb.Dispatch) -> pb.Dispatch:
-    """A task dispatched to the session that holds its run's history (it ran the run's
-    last workflow task) carries the events since, through this task's start: its
+def _with_run_history(txn, session: Session, item: dict, dispatch: pb.Dispatch,
+                      budget: list[int]) -> pb.Dispatch:
+    """A task dispatched to a session that holds its run's history (it ran a workflow
+    task of the run) carries the events since, through this task's start: its
     supervisor can then run the next workflow task on the task's result at once and send
     both together (Completion.then_workflow_task, sm_supervisors.chained_wft_refusal).
-    Bounded; a run with more news than that gets none (the chain is only a shortcut)."""
+    Not for a task with a heartbeat timeout (its result may wait for that run, and must
+    not miss a heartbeat deadline meanwhile). Bounded per task and per message (`budget`,
+    bytes left); a run with more news than that gets none: the chain is only a shortcut."""
     run = (item["workflow_id"], item["run_id"])
     after = session.history_sent.get(run)
-    if after is None:
+    if after is None or dispatch.heartbeat_timeout_ms:
         return dispatch
     events, size_bytes = [], 0
     for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(*run),
                            start=keys.history_key(*run, after + 1)):
         size_bytes += len(raw)
-        if len(events) >= limits.task_history_events_max or size_bytes > limits.task_history_bytes_max:
+        if (len(events) >= limits.task_history_events_max
+                or size_bytes > min(limits.task_history_bytes_max, budget[0])):
             return dispatch
         events.append(codec.unpack(raw))
+    budget[0] -= size_bytes
     if events:
         session.history_sent[run] = events[-1]["event_id"]
         session.history_sent.move_to_end(run)
@@ -491,4 +497,5 @@ def dispatch_of(txn, item: dict, history_after_event_id: int = 0) -> pb.Dispatch
         attempt=item["attempt"], input=task["args"] or b"",
         idempotency_key=task["idempotency_key"],
         heartbeat_details=task.get("heartbeat_details") or b"",
-        start_to_close_timeout_ms=task["timeouts_ms"].get("start_to_close_timeout") or 0)
+        start_to_close_timeout_ms=task["timeouts_ms"].get("start_to_close_timeout") or 0,
+        heartbeat_timeout_ms=task["timeouts_ms"].get("heartbeat_timeout") or 0)

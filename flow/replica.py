@@ -6,7 +6,9 @@ through `loop.call_soon_threadsafe` (results) and `_status` (an immutable dict t
 thread replaces every ~0.25 s), so neither blocks the other.
 
 - One replicated entry point, `apply_entry(data: bytes)`: versioned msgpack commands
-  (flow.commands), so pysyncobj's method ids never change.
+  (flow.commands), so pysyncobj's method ids never change. A leader turns each entry
+  into its write set as pysyncobj appends it (`_checkCommandsToApply` sets the journal's
+  transform: flow.speculation); every replica then applies writes, not commands.
 - Group commit: `_SyncObj__applyLogEntries` is wrapped; every entry applied in a tick goes
   into one LMDB transaction, committed with the applied index before any client hears of
   its result (results are held until the commit).

@@ -215,12 +215,14 @@ async def _complete_one(replica, completion, payload_bytes_max: int,
                 raise
             # The chained workflow task's commands were refused (a limit, a malformed
             # command): never the result with them. The result goes alone; the workflow
-            # task is then dispatched as usual and meets the same refusal there.
+            # task is then dispatched as usual and meets the same refusal there. Same
+            # request id: a refused command left no trace (its writes, its dedup entry
+            # and its eager assignments rolled back), and a resend must dedup to this.
             log.info("shard %d: chained workflow task of %s refused (%s): result alone",
                      replica.shard, completion.workflow_id, exc.message)
             del outcome["then_workflow_task"], outcome["history_limit"]
-            ok = await _propose_completion(replica, completion, outcome, "/result",
-                                           eager=eager)
+            metrics.child(metrics.chained_workflow_tasks, str(replica.shard), "refused").inc()
+            ok = await _propose_completion(replica, completion, outcome, eager=eager)
         if "chained" in ok:
             metrics.child(metrics.chained_workflow_tasks, str(replica.shard),
                           "accepted" if ok["chained"] == "accepted" else "refused").inc()
@@ -256,6 +258,7 @@ def _chained_outcome(chained, supervisor_id: str, payload_bytes_max: int,
     return {"then_workflow_task": {
                 "seen_event_id": chained.seen_event_id,
                 "completed_time_ms": chained.completed_time_ms,
+                "workflow_attempt": chained.workflow_attempt,
                 "supervisor_id": supervisor_id,
                 "commands": bound_payloads(workflow_commands, payload_bytes_max)},
             "history_limit": history_limit}

@@ -242,6 +242,7 @@ def chained_wft_refusal(ctx: c.Ctx, record: dict, chained) -> str | None:
     usual: the chain is an optimization, never a different outcome."""
     if not (isinstance(chained, dict) and type(chained.get("seen_event_id")) is int
             and type(chained.get("completed_time_ms")) is int
+            and type(chained.get("workflow_attempt")) is int
             and isinstance(chained.get("commands"), list)
             and len(chained["commands"]) <= limits.workflow_task_commands_max
             and isinstance(chained.get("supervisor_id"), str)):
@@ -250,6 +251,8 @@ def chained_wft_refusal(ctx: c.Ctx, record: dict, chained) -> str | None:
         return "the run has a workflow task pending"
     if chained["seen_event_id"] != record["history_length"] + 1:
         return "the history moved on"
+    if chained["workflow_attempt"] != record["attempt"]:
+        return "another workflow attempt"  # its code may branch on the attempt's seed
     if abs(chained["completed_time_ms"] - ctx.time_ms) > limits.chained_wft_clock_skew_ms:
         return "clock skew"
     raw_supervisor = ctx.txn.get(keys.SUPERVISORS, chained["supervisor_id"].encode())

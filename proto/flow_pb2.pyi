@@ -798,18 +798,20 @@ class Completion(_message.Message):
     result: bytes
     failure: Failure
     workflow_commands: bytes
-    then_workflow_task: SpeculativeWorkflowTask
-    def __init__(self, request_id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., workflow_commands: _Optional[bytes] = ..., then_workflow_task: _Optional[_Union[SpeculativeWorkflowTask, _Mapping]] = ...) -> None: ...
+    then_workflow_task: ChainedWorkflowTask
+    def __init__(self, request_id: _Optional[str] = ..., workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., workflow_commands: _Optional[bytes] = ..., then_workflow_task: _Optional[_Union[ChainedWorkflowTask, _Mapping]] = ...) -> None: ...
 
-class SpeculativeWorkflowTask(_message.Message):
-    __slots__ = ("seen_event_id", "completed_time_ms", "workflow_commands")
+class ChainedWorkflowTask(_message.Message):
+    __slots__ = ("seen_event_id", "completed_time_ms", "workflow_commands", "workflow_attempt")
     SEEN_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     seen_event_id: int
     completed_time_ms: int
     workflow_commands: bytes
-    def __init__(self, seen_event_id: _Optional[int] = ..., completed_time_ms: _Optional[int] = ..., workflow_commands: _Optional[bytes] = ...) -> None: ...
+    workflow_attempt: int
+    def __init__(self, seen_event_id: _Optional[int] = ..., completed_time_ms: _Optional[int] = ..., workflow_commands: _Optional[bytes] = ..., workflow_attempt: _Optional[int] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("message", "error_type", "stack", "non_retryable")
@@ -844,7 +846,7 @@ class SupervisorMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[SupervisorHello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., completions: _Optional[_Union[CompletionBatch, _Mapping]] = ...) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("workflow_id", "run_id", "task_key", "type_name", "attempt", "lease_deadline_ms", "input", "history", "workflow_attempt", "start_time_ms", "idempotency_key", "heartbeat_details", "start_to_close_timeout_ms", "history_after_event_id")
+    __slots__ = ("workflow_id", "run_id", "task_key", "type_name", "attempt", "lease_deadline_ms", "input", "history", "workflow_attempt", "start_time_ms", "idempotency_key", "heartbeat_details", "start_to_close_timeout_ms", "history_after_event_id", "heartbeat_timeout_ms")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -859,6 +861,7 @@ class Dispatch(_message.Message):
     HEARTBEAT_DETAILS_FIELD_NUMBER: _ClassVar[int]
     START_TO_CLOSE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     run_id: str
     task_key: str
@@ -873,7 +876,8 @@ class Dispatch(_message.Message):
     heartbeat_details: bytes
     start_to_close_timeout_ms: int
     history_after_event_id: int
-    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., type_name: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., input: _Optional[bytes] = ..., history: _Optional[bytes] = ..., workflow_attempt: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., heartbeat_details: _Optional[bytes] = ..., start_to_close_timeout_ms: _Optional[int] = ..., history_after_event_id: _Optional[int] = ...) -> None: ...
+    heartbeat_timeout_ms: int
+    def __init__(self, workflow_id: _Optional[str] = ..., run_id: _Optional[str] = ..., task_key: _Optional[str] = ..., type_name: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., input: _Optional[bytes] = ..., history: _Optional[bytes] = ..., workflow_attempt: _Optional[int] = ..., start_time_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., heartbeat_details: _Optional[bytes] = ..., start_to_close_timeout_ms: _Optional[int] = ..., history_after_event_id: _Optional[int] = ..., heartbeat_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class Dispatches(_message.Message):
     __slots__ = ("items",)

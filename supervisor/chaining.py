@@ -31,7 +31,10 @@ from coda.supervisor.history_cache import HistoryCache
 
 # How long a task's result may wait for its chained workflow task; past it, the result
 # goes alone (a slow workflow step must not hold a finished task's result back).
-CHAIN_WAIT_S = 1.0
+CHAIN_WAIT_S = 0.5
+# A task this close to its start-to-close deadline sends its result alone, at once: held,
+# it could reach Flow after the attempt timed out, and be run again.
+DEADLINE_MARGIN_S = 1.0 + CHAIN_WAIT_S
 RUNS_MAX = 10_000   # runs whose workflow-task facts are remembered (least recent go first)
 
 
@@ -41,6 +44,7 @@ class PendingChain:
     completion: pb.Completion    # the task's result, waiting to be sent
     seen_event_id: int           # the TaskCompleted event's id the workflow task ran on
     completed_time_ms: int
+    workflow_attempt: int
     timer: asyncio.TimerHandle | None = None
 
 
@@ -75,7 +79,7 @@ class Chains:
         if history is not None:
             self.histories.put(run, history)
 
-    def message_for(self, chain_id: str, completion: pb.Completion,
+    def message_for(self, chain_id: str, item_id: str, completion: pb.Completion,
                     now_ms: int | None = None) -> tuple[dict, PendingChain] | None:
         """The worker message of the workflow task a task's result wakes, if this
         supervisor holds the run's history through that task's start and nothing after."""
@@ -89,7 +93,9 @@ class Chains:
                 or last.get("attempt") != completion.attempt
                 or not isinstance(last.get("event_id"), int)):
             return None   # the cache missed some news (or holds other news): no chain
-        time_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        # Never before the task's start in the history (the leader's clock stamped it).
+        time_ms = max(int(time.time() * 1000) if now_ms is None else now_ms,
+                      int(last.get("time_ms") or 0))
         event = {"type": "TaskCompleted", "key": completion.task_key,
                  "result": bytes(completion.result), "attempt": completion.attempt,
                  "event_id": last["event_id"] + 1, "time_ms": time_ms}
@@ -98,16 +104,18 @@ class Chains:
                    "workflow_attempt": facts.workflow_attempt,
                    "start_time_ms": facts.start_time_ms, "input": history[0].get("input"),
                    "history": history + [event]}
-        return message, PendingChain("", completion, event["event_id"], time_ms)
+        return message, PendingChain(item_id, completion, event["event_id"], time_ms,
+                                     facts.workflow_attempt)
 
 
 def attach(completion: pb.Completion, chain: PendingChain, commands_packed: bytes,
            bytes_max: int) -> bool:
     """Put the chained workflow task's commands on the task's completion, if the whole
     still fits one completion (else the result goes alone)."""
-    chained = pb.SpeculativeWorkflowTask(seen_event_id=chain.seen_event_id,
-                                         completed_time_ms=chain.completed_time_ms,
-                                         workflow_commands=commands_packed)
+    chained = pb.ChainedWorkflowTask(seen_event_id=chain.seen_event_id,
+                                     completed_time_ms=chain.completed_time_ms,
+                                     workflow_commands=commands_packed,
+                                     workflow_attempt=chain.workflow_attempt)
     if completion.ByteSize() + chained.ByteSize() + 8 > bytes_max:
         return False
     completion.then_workflow_task.CopyFrom(chained)

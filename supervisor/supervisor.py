@@ -45,7 +45,7 @@ from coda.errors import ConfigError, PayloadError
 from coda.flow import limits
 from coda.storage import codec
 from coda.supervisor.broadcasts import SupervisorReads
-from coda.supervisor.chaining import CHAIN_WAIT_S, Chains, attach
+from coda.supervisor.chaining import CHAIN_WAIT_S, DEADLINE_MARGIN_S, Chains, attach
 from coda.supervisor.health import HealthServer
 from coda.supervisor.history_cache import HistoryCache
 from coda.supervisor.metrics import SupervisorMetrics
@@ -94,6 +94,7 @@ class Item:
     type_name: str
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     timed_out_s: float | None = None    # start_to_close_timeout passed: cancelled by us
+    deadline_s: float | None = None     # monotonic start_to_close deadline, if it has one
     heartbeat_dropped: bool = False
     received_s: float = field(default_factory=time.monotonic)  # for its duration (metrics)
 
@@ -665,6 +666,7 @@ class Supervisor:
             self._fail(item_id, "WorkerPoolError", f"the worker pool refused the item: {exc}")
             return
         if dispatch.start_to_close_timeout_ms and dispatch.task_key:
+            item.deadline_s = time.monotonic() + dispatch.start_to_close_timeout_ms / 1000
             item.timer = asyncio.get_running_loop().call_later(
                 dispatch.start_to_close_timeout_ms / 1000, self._timed_out, item_id,
                 dispatch.start_to_close_timeout_ms)
@@ -723,19 +725,21 @@ class Supervisor:
                            f"of {item.timed_out_s:g} s"}}
         completion = completion_for(item, message, request_id=uuid.uuid4().hex,
                                     payload_bytes_max=self._payload_bytes_max[item.shard])
-        if item.is_workflow_task or self.state != "running" or not self._chain(item_id, completion):
+        if item.is_workflow_task or self.state != "running" or not self._chain(item, item_id,
+                                                                                completion):
             self._complete(item_id, completion)
 
     # --- chained workflow tasks (coda.supervisor.chaining) ------------------------------
-    def _chain(self, item_id: str, completion: pb.Completion) -> bool:
+    def _chain(self, item: Item, item_id: str, completion: pb.Completion) -> bool:
         """Run the workflow task this task's result wakes, to send both at once; False if
         it can't chain (the result then goes alone, now)."""
+        if item.deadline_s is not None and item.deadline_s - time.monotonic() < DEADLINE_MARGIN_S:
+            return False
         chain_id = f"{next(self._ids):x}"
-        found = self.chains.message_for(chain_id, completion)
+        found = self.chains.message_for(chain_id, item_id, completion)
         if found is None:
             return False
         message, chain = found
-        chain.item_id = item_id
         chain.timer = asyncio.get_running_loop().call_later(
             CHAIN_WAIT_S, self._chain_timed_out, chain_id)
         self.chains.pending[chain_id] = chain
@@ -764,16 +768,20 @@ class Supervisor:
         self.metrics.chained.labels("sent" if sent else "dropped").inc()
         self._complete(chain.item_id, chain.completion)
 
-    def _chain_timed_out(self, chain_id: str) -> None:
+    def _chain_timed_out(self, chain_id: str, outcome: str = "timed_out") -> None:
         chain = self.chains.pending.pop(chain_id, None)
-        if chain is not None and chain.item_id in self._items:
-            self.metrics.chained.labels("timed_out").inc()
+        if chain is None:
+            return
+        chain.timer.cancel()
+        self.pool.cancel(chain_id)  # a worker still running it would be over its slots
+        if chain.item_id in self._items:
+            self.metrics.chained.labels(outcome).inc()
             self._complete(chain.item_id, chain.completion)
 
     def _flush_chains(self) -> None:
         """Send every result still waiting for its chained workflow task, alone."""
         for chain_id in list(self.chains.pending):
-            self._chain_timed_out(chain_id)
+            self._chain_timed_out(chain_id, "dropped")
 
     def _fail(self, item_id: str, error_type: str, message: str, *,
               non_retryable: bool = False) -> None:

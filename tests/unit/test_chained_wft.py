@@ -57,10 +57,11 @@ def chained_run(sim, wid, task, result: bytes, time_ms: int) -> tuple[int, list]
 
 
 def complete_chained(sim, task, result: bytes, seen_event_id: int, time_ms: int, wf_commands,
-                     supervisor_id="s1") -> dict:
+                     supervisor_id="s1", workflow_attempt=1) -> dict:
     return sim.complete(task, {"result": result, "then_workflow_task": {
         "seen_event_id": seen_event_id, "completed_time_ms": time_ms,
-        "supervisor_id": supervisor_id, "commands": wf_commands}})
+        "workflow_attempt": workflow_attempt, "supervisor_id": supervisor_id,
+        "commands": wf_commands}})
 
 
 def test_a_chained_workflow_task_commits_with_the_result_as_one_step(sim):
@@ -146,6 +147,16 @@ def test_refused_when_its_event_id_is_not_the_next_one(sim):
                            "the history moved on")
 
 
+def test_refused_when_it_ran_as_another_workflow_attempt(sim):
+    """Its code may have branched on the attempt (it seeds the run's random numbers)."""
+    sim.start("w1", "twice", {"n": 1})
+    task = task_item(sim, "w1")
+    result = codec.pack(2)
+    seen, wf_commands = chained_run(sim, "w1", task, result, sim.time_ms)
+    _refused_then_finished(sim, task, result, seen, sim.time_ms, wf_commands,
+                           "another workflow attempt", workflow_attempt=2)
+
+
 @pytest.mark.parametrize("skew_ms", [-1001, 1001])
 def test_refused_when_the_supervisors_clock_is_too_far_off(sim, skew_ms):
     sim.start("w1", "twice", {"n": 1})
@@ -171,16 +182,57 @@ def test_refused_for_a_supervisor_that_does_not_take_the_runs_workflow_tasks(sim
 
 @pytest.mark.parametrize("bad", [
     {"seen_event_id": "7"}, {"completed_time_ms": 1.5}, {"commands": {"type": "x"}},
-    {"supervisor_id": None}])
+    {"supervisor_id": None}, {"workflow_attempt": True}])
 def test_a_malformed_chain_is_refused_and_the_result_still_counts(sim, bad):
     sim.start("w1", "twice", {"n": 1})
     task = task_item(sim, "w1")
     result = codec.pack(2)
     seen, wf_commands = chained_run(sim, "w1", task, result, sim.time_ms)
     chained = dict({"seen_event_id": seen, "completed_time_ms": sim.time_ms,
-                    "supervisor_id": "s1", "commands": wf_commands}, **bad)
+                    "workflow_attempt": 1, "supervisor_id": "s1", "commands": wf_commands},
+                   **bad)
     answer = sim.complete(task, {"result": result, "then_workflow_task": chained})
     assert answer == {"accepted": True, "chained": "malformed"}
     while sim.step():
         pass
     assert codec.unpack(sim.record("w1")["result"]) == 3
+
+
+def test_a_tasks_dispatch_brings_its_run_news_to_a_session_that_holds_the_history(sim):
+    from coda.flow.dispatcher import Session, _with_run_history, dispatch_of
+    sim.start("w1", "twice", {"n": 1})
+    session = Session("s1", ("q",), credit=10)
+    session.history_sent[("w1", "run-w1")] = 1     # it ran w1's first workflow task on [1]
+    task = task_item(sim, "w1")
+
+    def dispatched(item, budget_bytes=1 << 20):
+        return sim.read(lambda txn: _with_run_history(
+            txn, session, item, dispatch_of(txn, item), [budget_bytes]))
+
+    d = dispatched(task)
+    tail = codec.unpack(d.history)
+    assert d.history_after_event_id == 1
+    assert [e["type"] for e in tail] == ["WorkflowTaskCompleted", "TaskScheduled", "TaskStarted"]
+    assert tail[-1]["key"] == task["key"]
+    assert session.history_sent[("w1", "run-w1")] == tail[-1]["event_id"]
+    assert dispatched(task).history == b""          # nothing new since: nothing sent
+    # Over the message's budget, or for a session that never ran the run: none.
+    session.history_sent[("w1", "run-w1")] = 1
+    assert dispatched(task, budget_bytes=10).history == b""
+    del session.history_sent[("w1", "run-w1")]
+    assert dispatched(task).history == b""
+
+
+def test_a_task_with_a_heartbeat_timeout_gets_no_run_news(sim):
+    from coda.flow.dispatcher import Session, _with_run_history, dispatch_of
+    sim.start("w1", "twice", {"n": 1})
+    (wft,) = sim.assign()
+    wf_commands = sim.run_workflow_task(wft)
+    wf_commands[0]["options"] = dict(wf_commands[0].get("options") or {}, heartbeat_timeout_s=5)
+    sim.complete(wft, {"commands": wf_commands})
+    (task,) = sim.assign()
+    session = Session("s1", ("q",), credit=10)
+    session.history_sent[("w1", "run-w1")] = 1
+    d = sim.read(lambda txn: _with_run_history(txn, session, task, dispatch_of(txn, task),
+                                               [1 << 20]))
+    assert d.heartbeat_timeout_ms == 5000 and d.history == b""
