@@ -51,6 +51,7 @@ RESULT_TIMEOUT_S = 60.0
 
 FLOWS = RECORDER + '''
 import asyncio
+import os
 
 import coda
 from coda.client.task_context import heartbeat
@@ -204,6 +205,24 @@ def x_big(size):
 def x_echo(value):
     record("x_echo")
     return value
+
+
+@coda.task(name="x_poke_own_workflow")
+async def x_poke_own_workflow(n):
+    """Signals its own workflow before it returns: news the chained workflow task that
+    its result would carry did not see."""
+    info = record("x_poke_own_workflow")
+    async with coda.Client(os.environ["CODA_ADDRESS"]) as client:
+        await client.signal_workflow(info.workflow_id, "poke", n)
+    return n + 1
+
+
+@coda.workflow(name="x_poked_steps")
+async def x_poked_steps(n):
+    first = await coda.context.spawn_task("x_poke_own_workflow", args={"n": n})
+    poke = await coda.context.wait_signal("poke")
+    second = await coda.context.spawn_task("x_echo", args={"value": first + poke})
+    return [first, poke, second]
 
 
 def _hidden():
@@ -469,6 +488,24 @@ def test_a_tasks_result_and_the_workflow_task_it_wakes_commit_together(env):
                             of_type(history, "WorkflowTaskCompleted")[1:]):
         assert marker["seen_event_id"] == done["event_id"]
         assert abs(done["time_ms"] - marker["time_ms"]) < 1000
+
+
+def test_news_a_chained_workflow_task_did_not_see_sends_the_result_alone(env):
+    """The task signals its own workflow before returning, so the history has moved on
+    when its result (and the workflow task the supervisor may have chained on it)
+    arrives: the shard commits the result alone, or the supervisor saw the news first and
+    did not chain. Either way the run sees the signal, each task runs once, and the
+    history is what the unchained path writes."""
+    wid = new_id("poked")
+    handle = env.client.start_workflow("x_poked_steps", {"n": 1}, workflow_id=wid)
+    assert handle.result(timeout=RESULT_TIMEOUT_S) == [2, 1, 3]
+    runs = Counter(r["event"] for r in read_records(env.log_path) if r["wid"] == wid)
+    assert runs == {"x_poke_own_workflow": 1, "x_echo": 1}
+    history = handle.history()
+    types = [e["type"] for e in history]
+    assert types.index("SignalReceived") < types.index("TaskCompleted")
+    assert [e["event_id"] for e in history] == list(range(1, len(history) + 1))
+    assert types[-1] == "WorkflowExecutionCompleted"
 
 
 def test_a_durable_sleep_fires_on_time_and_once(env):
