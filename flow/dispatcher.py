@@ -92,6 +92,9 @@ class ShardDispatcher:
         self._assigning: set[asyncio.Task] = set()    # assigns proposed, not yet settled
         self._firing: set[bytes] = set()
         self._eager_used: dict[str, int] = {}  # completion request id -> items it assigned
+        # Requests settled before their effects came (the proposer timed out or was
+        # cancelled; the command may still commit): their assignments take credit back.
+        self._eager_settled: OrderedDict[str, None] = OrderedDict()
         # Eager assignments committed this loop turn, per session: one dispatches message
         # each (the completions of one Raft entry settle in the same turn).
         self._eager_out: dict[str, tuple[Session, list]] = {}
@@ -145,6 +148,7 @@ class ShardDispatcher:
         self._claimed.clear()
         self._firing.clear()
         self._eager_used.clear()
+        self._eager_settled.clear()
         self._eager_out.clear()
         self.broadcast_watchers.close_all()
         log.info("shard %d: stopped dispatching (leader now %s)", self.shard, hint)
@@ -203,7 +207,14 @@ class ShardDispatcher:
 
     def settle_eager(self, session: Session, request_id: str, reserved: int) -> None:
         """After the completion's proposal: credit it did not use goes back."""
-        used = self._eager_used.pop(request_id, 0)
+        if request_id in self._eager_used:
+            used = self._eager_used.pop(request_id)
+        else:  # no effects (yet): if they come later, on_effects takes their credit
+            used = 0
+            if reserved:
+                self._eager_settled[request_id] = None
+                while len(self._eager_settled) > limits.eager_settled_remembered_max:
+                    self._eager_settled.popitem(last=False)
         if reserved > used:
             self.add_credit(session, reserved - used)
 
@@ -377,8 +388,14 @@ class ShardDispatcher:
     def on_effects(self, effects: dict) -> None:
         for sid, request_id, assigned in effects.get("assigned", ()):
             # Runs before the completion's propose() returns: settle_eager sees the count.
-            self._eager_used[request_id] = len(assigned)
+            # After it (the proposer gave up): the credit settle_eager gave back is taken.
             session = self.sessions.get(sid)
+            if request_id in self._eager_settled:
+                del self._eager_settled[request_id]
+                if session is not None:
+                    session.credit = max(0, session.credit - len(assigned))
+            else:
+                self._eager_used[request_id] = len(assigned)
             if session is not None:
                 if not self._eager_out:
                     asyncio.get_running_loop().call_soon(self._send_eager)

@@ -52,6 +52,9 @@ chained_wft_clock_skew_ms = 1000
 task_history_events_max = 64
 task_history_bytes_max = 64 * KIB
 task_history_bytes_per_message_max = 1024 * KIB   # over all tasks of one dispatches message
+# Completions whose proposer gave up before their effects came, remembered so late
+# effects take back the eager credit returned for them (flow.dispatcher.settle_eager).
+eager_settled_remembered_max = 10_000
 # pysyncobj's own command queue; kept above ours so ours is the one that answers.
 raft_commands_queue_max = proposals_in_flight_max * 2
 # How long a proposal may wait for its commit before the caller gets INDETERMINATE.

@@ -268,6 +268,20 @@ class ShardReplica(DurableSyncObj):
             os._exit(71)
 
     def _settle_batch(self, results: list) -> None:
+        # Effects first, and whether or not anyone still waits for the result: a
+        # proposer that timed out or was cancelled (its client gave up) must not take
+        # the committed command's effects with it. An eager assignment whose dispatch was
+        # dropped that way sat on a live supervisor for good (its lease renewed, no new
+        # hello to re-queue it): a jepsen queue item never delivered (lose-unsynced-one).
+        if self.effects_listener is not None:
+            for _, result, error in results:
+                if (error == FAIL_REASON.SUCCESS and isinstance(result, dict)
+                        and "effects" in result):
+                    try:
+                        self.effects_listener(result["effects"])
+                    except Exception:
+                        log.exception("shard %d: acting on a command's effects failed",
+                                      self.shard)
         _settle_all(results)
         if self.commit_listener is not None:
             self.commit_listener()
@@ -369,9 +383,7 @@ class ShardReplica(DurableSyncObj):
             exc = from_wire(result["error"])
             metrics.child(metrics.proposal_errors, self._label, exc.code).inc()
             raise exc
-        if "effects" in result and self.effects_listener is not None:
-            self.effects_listener(result["effects"])
-        return result["ok"]
+        return result["ok"]  # its effects were acted on as it settled (_settle_batch)
 
     def _enqueue_proposal(self, data: bytes, future: asyncio.Future) -> None:
         """Add a command to this turn's batch; the batch leaves at the end of the turn,

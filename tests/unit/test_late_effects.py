@@ -1,0 +1,81 @@
+"""A committed command's effects are acted on even when its proposer stopped waiting
+(flow.replica._settle_batch): a client that gave up (its deadline cancelled the handler)
+or a proposal that timed out must not drop the dispatch of an eager assignment, or the
+workflow task sits assigned to a live supervisor for good (seen in the jepsen suite:
+lose-unsynced-one, one queue item never delivered). And the eager credit the settled
+proposal gave back is taken again by the late assignment (flow.dispatcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+from pysyncobj import FAIL_REASON
+
+from coda.flow.dispatcher import Session, ShardDispatcher
+from coda.flow.replica import ShardReplica
+
+
+class FakeReplica:
+    shard = 0
+    effects_listener = None
+    commit_listener = None
+
+
+def settle(replica, results) -> None:
+    ShardReplica._settle_batch(replica, results)
+
+
+def test_effects_of_a_result_nobody_waits_for_are_still_acted_on():
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = []
+        replica = FakeReplica()
+        replica.effects_listener = seen.append
+        abandoned, waited = loop.create_future(), loop.create_future()
+        abandoned.cancel()   # the handler that proposed it was cancelled
+        failed = loop.create_future()
+        settle(replica, [
+            (abandoned, {"ok": {}, "effects": {"closed": ["w1"]}}, FAIL_REASON.SUCCESS),
+            (waited, {"ok": {"x": 1}, "effects": {"closed": ["w2"]}}, FAIL_REASON.SUCCESS),
+            (failed, None, FAIL_REASON.DISCARDED)])
+        assert seen == [{"closed": ["w1"]}, {"closed": ["w2"]}]
+        assert await waited == {"ok": {"x": 1}, "effects": {"closed": ["w2"]}}
+        assert failed.done() and failed.exception() is not None
+    asyncio.run(main())
+
+
+def test_a_failing_effects_listener_does_not_stop_the_others_settling():
+    async def main():
+        loop = asyncio.get_running_loop()
+        replica = FakeReplica()
+        replica.effects_listener = lambda effects: 1 / 0
+        future = loop.create_future()
+        settle(replica, [(future, {"ok": {}, "effects": {"closed": []}}, FAIL_REASON.SUCCESS)])
+        assert await future == {"ok": {}, "effects": {"closed": []}}
+    asyncio.run(main())
+
+
+def test_late_eager_effects_take_back_the_credit_their_settle_returned():
+    async def main():
+        replica = types.SimpleNamespace(shard=0)
+        dispatcher = ShardDispatcher(replica, lease_ms=3000)
+        session = Session("s1", ("q",), credit=10)
+        dispatcher.sessions["s1"] = session
+        reserved = dispatcher.reserve_eager(session, 2)
+        assert reserved == 2 and session.credit == 8
+        # The proposal timed out: everything reserved comes back ...
+        dispatcher.settle_eager(session, "req-1", reserved)
+        assert session.credit == 10
+        # ... then the command commits and its two assignments are dispatched.
+        item = {"kind": "task", "workflow_id": "w", "run_id": "r", "key": "k", "attempt": 1}
+        dispatcher.on_effects({"assigned": [["s1", "req-1", [item, dict(item, key="k2")]]]})
+        assert session.credit == 8
+        assert dispatcher._eager_out["s1"][1] == [item, dict(item, key="k2")]
+        assert "req-1" not in dispatcher._eager_used and "req-1" not in dispatcher._eager_settled
+        # The usual order (effects, then settle) is unchanged.
+        reserved = dispatcher.reserve_eager(session, 1)
+        dispatcher.on_effects({"assigned": [["s1", "req-2", [dict(item, key="k3")]]]})
+        dispatcher.settle_eager(session, "req-2", reserved)
+        assert session.credit == 7 and not dispatcher._eager_used
+    asyncio.run(main())
