@@ -240,7 +240,10 @@ FLOW_COUNTERS = (("coda_shard_apply_batch_entries_sum", True),
                  ("coda_shard_apply_batch_seconds_sum", True),
                  ("coda_shard_read_barriers_total", False),
                  ("coda_shard_dispatched_total", False),
-                 ("coda_shard_completions_total", False))
+                 ("coda_shard_completions_total", False),
+                 ("coda_shard_dispatch_batch_items_count", False),
+                 ("coda_shard_completion_batch_items_count", False),
+                 ("coda_shard_proposal_batch_commands_sum", False))
 
 
 def flow_counters(cluster: Cluster) -> dict[str, float]:
@@ -271,6 +274,9 @@ def flow_per_workflow(before: dict, after: dict, workflows: int) -> dict:
             "read_barriers": per("coda_shard_read_barriers_total"),
             "dispatches": per("coda_shard_dispatched_total"),
             "completions": per("coda_shard_completions_total"),
+            "dispatch_messages": per("coda_shard_dispatch_batch_items_count"),
+            "completion_messages": per("coda_shard_completion_batch_items_count"),
+            "commands": per("coda_shard_proposal_batch_commands_sum"),
             "apply_batch_entries_mean": round(d["coda_shard_apply_batch_entries_sum"] / batches, 1)
             if batches else None,
             "apply_batch_ms_mean": round(1000 * d["coda_shard_apply_batch_seconds_sum"] / batches,
@@ -514,7 +520,9 @@ def print_table(r: dict) -> None:
          f"{fw['lmdb_commits']} LMDB commits per replica (mean batch "
          f"{fw['apply_batch_entries_mean']} entries, {fw['apply_batch_ms_mean']} ms), "
          f"{fw['read_barriers']} read barriers, {fw['dispatches']} dispatches, "
-         f"{fw['completions']} completions"),
+         f"{fw['completions']} completions; {fw['commands']} commands, "
+         f"{fw['dispatch_messages']} dispatch and {fw['completion_messages']} completion "
+         "messages"),
         ("idle CPU, no work", f"{idle['cores_busy']} cores", "-",
          f"over {idle['seconds']} s: nodes {idle['cpu_s']['nodes']} s, supervisor "
          f"{idle['cpu_s']['supervisor']} s, workers {idle['cpu_s']['workers']} s"),

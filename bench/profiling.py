@@ -48,8 +48,12 @@ class Profiler:
         for role, pids in self.pids_by_role.items():
             for pid in pids:
                 path = os.path.join(self.out_dir, f"{role}-{pid}.txt")
+                # CODA_PROFILE_NATIVE=1: native frames too (Cython, C), to see into grpc
+                # and uvloop; py-spy then pauses the process per sample (slower).
+                how = (["--native"] if os.environ.get("CODA_PROFILE_NATIVE") == "1"
+                       else ["--nonblocking"])
                 proc = subprocess.Popen(
-                    [exe, "record", "--nonblocking", "--gil", "--format", "raw", "--rate",
+                    [exe, "record", *how, "--gil", "--format", "raw", "--rate",
                      str(self.rate_hz), "--pid", str(pid), "--output", path],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 self.procs.append((role, pid, path, proc))

@@ -42,9 +42,7 @@ class Applier:
         """Apply the entry at Raft index `index`; never raises."""
         if index <= self.applied_index:
             return SKIPPED
-        if self._batch is None:
-            self._batch = self.store.begin_batch()
-            self._batch_started_s = time.perf_counter()
+        self._begin()
         try:
             written = commands.split_writes(data)
             datas = None if written is not None else commands.split_batch(data)
@@ -60,11 +58,26 @@ class Applier:
         self.applied_index = index
         return result
 
-    def _write(self, index: int, term: int, items: list) -> dict:
+    def apply_own_write_set(self, index: int, term: int, items: list) -> dict:
+        """The entry at `index` is the write set this leader computed and still holds
+        decoded (flow.speculation.own_write_set): made without decoding its bytes."""
+        if index <= self.applied_index:
+            return SKIPPED
+        self._begin()
+        result = self._write(index, term, items, check=False)
+        self.applied_index = index
+        return result
+
+    def _begin(self) -> None:
+        if self._batch is None:
+            self._batch = self.store.begin_batch()
+            self._batch_started_s = time.perf_counter()
+
+    def _write(self, index: int, term: int, items: list, check: bool = True) -> dict:
         """A write set the leader computed (flow.speculation): made as it is. The answer
         its proposer waits for is the leader's; this says only whose entry it was."""
         try:
-            self._batch.write(items)
+            self._batch.write(items, check=check)
         except ValueError as exc:
             log.error("write-set entry %d is malformed, not applied: %s", index, exc)
             return {"error": Internal(f"write-set entry {index} is malformed: {exc}").to_wire()}

@@ -99,8 +99,17 @@ _WRITES_PREFIX = codec.pack([VERSION, WRITES, 0, []])[:-2]  # header, version, "
 
 def encode_writes(term: int, writes: dict) -> bytes:
     """The entry form of a write set {(db, key): value or None}."""
-    return codec.pack([VERSION, WRITES, term, [[db, key, value]
-                                                for (db, key), value in writes.items()]])
+    return encode_write_items(term, write_items(writes))
+
+
+def write_items(writes: dict) -> list:
+    """[[db, key, value or None], ...] of a write set {(db, key): value or None}: what
+    split_writes gives back from its entry."""
+    return [[db, key, value] for (db, key), value in writes.items()]
+
+
+def encode_write_items(term: int, items: list) -> bytes:
+    return codec.pack([VERSION, WRITES, term, items])
 
 
 def split_writes(data) -> tuple[int, list] | None:

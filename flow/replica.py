@@ -172,6 +172,15 @@ class ShardReplica(DurableSyncObj):
         index = self.raftLastApplied + 1
         return self.speculation.answer(index, self.applier.apply(index, data))
 
+    def _SyncObj__doApplyCommand(self, command):
+        # The leader's own write sets are applied from the decoded writes it kept, not
+        # unpickled and msgpack-decoded again (~5 % of a leader's samples under W-seq).
+        index = self.raftLastApplied + 1
+        own = self.speculation.own_write_set(index, command)
+        if own is None:
+            return super()._SyncObj__doApplyCommand(command)
+        return self.speculation.answer(index, self.applier.apply_own_write_set(index, *own))
+
     def _checkCommandsToApply(self):
         # The leader appends this tick's proposals here: each becomes its write set.
         journal = self._SyncObj__raftLog

@@ -111,7 +111,8 @@ class Speculation:
         func_id, data = call
         try:
             answer, writes = self._run_entry(index, data)
-            encoded = commands.encode_writes(term, writes)
+            items = commands.write_items(writes)
+            encoded = commands.encode_write_items(term, items)
         except Exception:
             log.exception("shard %d: running entry %d on the leader failed; entries go as "
                           "commands until LMDB catches up", self.shard, index)
@@ -121,9 +122,12 @@ class Speculation:
         if len(encoded) > limits.write_set_bytes_max:
             self._as_commands.inc()
             return command
-        self._answers[index] = (term, answer)
+        entry = _REGULAR + raft_pickle.dumps((func_id, (encoded,)))
+        # The entry object itself is kept: when it commits, the log hands this very
+        # object back (own_write_set), and its writes need no unpickling nor decoding.
+        self._answers[index] = (term, answer, entry, items)
         self._as_writes.inc()
-        return _REGULAR + raft_pickle.dumps((func_id, (encoded,)))
+        return entry
 
     def _run_entry(self, index: int, data) -> tuple[dict, dict]:
         """Run an entry's commands on the pending view; their writes join it at `index`."""
@@ -171,6 +175,16 @@ class Speculation:
             manager.__exit__(None, None, None)
 
     # --- committing ------------------------------------------------------------------------
+    def own_write_set(self, index: int, entry) -> tuple[int, list] | None:
+        """(term, write items) if `entry`, committed at `index`, is the very entry object
+        transform() returned for that index: this leader's own write set, whose decoded
+        form it still holds. Any other entry (another leader's, a command, one read back
+        from the journal) is None and is applied from its bytes."""
+        stored = self._answers.get(index)
+        if stored is None or stored[2] is not entry:
+            return None
+        return stored[0], stored[3]
+
     def answer(self, index: int, result: dict) -> dict:
         """What the proposer of the entry at `index` hears, given what applying it gave."""
         stored = self._answers.pop(index, None)
@@ -185,7 +199,7 @@ class Speculation:
                 self._deactivate()
             return result
         if stored is not None and stored[0] == term:
-            return stored[1]
+            return stored[1]  # the answer the leader computed
         return {"ok": {}}  # another leader's entry: nobody here waits for it
 
     def committed(self, applied_index: int, is_leader: bool, last_log_index: int) -> None:

@@ -34,6 +34,8 @@ def entry_form(request, monkeypatch):
         for twin in twins:
             twin.verify()
         assert sum(t.write_sets for t in twins) > 0 or not twins, "nothing went as a write set"
+        assert sum(t.own_write_sets for t in twins) > 0 or sum(t.write_sets for t in twins) < 4, \
+            "no write set was applied the way a leader applies its own"
     finally:
         for twin in twins:
             twin.close()

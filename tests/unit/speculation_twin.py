@@ -3,7 +3,8 @@
 `TwinApplier` stands in for `Applier` in the scripted state machine tests (Sim, in
 test_execution_sm): each entry is applied as a command to store A, as before, and, on a
 second store B, run by `Speculation` over B's LMDB plus the entries not yet written to B,
-then written to B as its write set. B's writes lag A's by `LAG` entries, so every
+then written to B as its write set (every other entry the way the leader writes its
+own: from the decoded writes it kept, `own_write_set`). B's writes lag A's by `LAG` entries, so every
 command runs on pending writes, not only on LMDB. The leader's answer must equal A's
 result for every entry, and `verify()` (after the test) that B's state equals A's.
 """
@@ -35,8 +36,9 @@ class TwinApplier:
         self._b = Applier(self._b_store)
         self._spec = Speculation(self._b_store, 0)
         self._spec.on_become_leader([])
-        self._unwritten: list[tuple[int, bytes]] = []
+        self._unwritten: list[tuple[int, bytes, bytes]] = []
         self.write_sets = 0
+        self.own_write_sets = 0
         TwinApplier.created.append(self)
 
     @property
@@ -55,7 +57,7 @@ class TwinApplier:
             self.write_sets += 1
             answer = self._spec._answers[index][1]
             assert _comparable(answer) == _comparable(result), (index, answer, result)
-        self._unwritten.append((index, entry_data))
+        self._unwritten.append((index, entry, entry_data))
         return result
 
     def commit(self) -> int:
@@ -67,8 +69,15 @@ class TwinApplier:
         if count <= 0:
             return
         ready, self._unwritten = self._unwritten[:count], self._unwritten[count:]
-        for index, entry_data in ready:
-            applied = self._b.apply(index, entry_data)
+        for index, entry, entry_data in ready:
+            own = self._spec.own_write_set(index, entry)
+            # A copy of the same bytes is not the leader's own object: applied from bytes.
+            assert self._spec.own_write_set(index, bytes(bytearray(entry))) is None
+            if own is not None and index % 2 == 0:
+                applied = self._b.apply_own_write_set(index, *own)
+                self.own_write_sets += 1
+            else:
+                applied = self._b.apply(index, entry_data)
             if commands.split_writes(entry_data) is not None:
                 assert "error" not in applied, applied  # a write set is made as it is
             self._spec.answer(index, applied)
