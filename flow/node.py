@@ -28,7 +28,7 @@ import grpc
 from prometheus_client import REGISTRY, start_http_server
 
 from coda.api import flow_pb2_grpc as pb_grpc
-from coda.process import tune_gc
+from coda.process import tune_process
 from coda.flow import handoff, limits, metrics
 from coda.flow.config import NodeConfig, split_host_port
 from coda.flow.dispatcher import ShardDispatcher
@@ -148,7 +148,7 @@ async def _stop(cfg: NodeConfig, node: _Running) -> None:
 
 def run(cfg: NodeConfig) -> None:
     import uvloop
-    tune_gc()
+    tune_process()
     try:
         uvloop.run(serve(cfg))
     except (RuntimeError, OSError) as exc:
