@@ -43,7 +43,7 @@ from pathlib import Path
 from coda.api import flow_pb2 as pb
 from coda.errors import ConfigError, PayloadError
 from coda.flow import limits
-from coda.process import tune_gc
+from coda.process import tune_process
 from coda.storage import codec
 from coda.supervisor.broadcasts import SupervisorReads
 from coda.supervisor.chaining import CHAIN_WAIT_S, DEADLINE_MARGIN_S, Chains, attach
@@ -875,7 +875,7 @@ def run_supervisor(addresses: list[str], module: str, *, workers: int, slots: in
         log.error("%s", exc.message)
         return 2
     supervisor_id = supervisor_id or default_supervisor_id()
-    tune_gc()
+    tune_process()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_main(addresses, module, workers=workers,
                                 slots=slots or workers * SLOTS_PER_WORKER, build_id=build_id,

@@ -43,7 +43,7 @@ from coda.client import sdk, task_context
 from coda.client.workflow_runtime import RunInfo, WorkflowRun
 from coda.errors import CodaError, PayloadError
 from coda.flow import limits
-from coda.process import tune_gc
+from coda.process import tune_process
 from coda.storage import codec
 from coda.supervisor import frames
 from coda.supervisor.worker_reads import WorkerReads
@@ -576,7 +576,7 @@ def main(argv=None) -> None:
         log(f"can't load module {options.module}:\n{''.join(traceback.format_exception(exc))}")
         send_fatal(write_fd, exc, options.module)
         exit_now(1)
-    tune_gc()
+    tune_process()
     try:
         import uvloop
         run = uvloop.run
