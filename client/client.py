@@ -402,6 +402,35 @@ class Client(ScheduleMethods):
         A type no supervisor has declared is refused (NotFound) unless
         `allow_undeclared_type` (default: the client's `allow_undeclared_types`): then
         it waits in its queue for one."""
+        handle, _ = await self._start_workflow(
+            workflow_type, args, workflow_id=workflow_id, reuse_policy=reuse_policy,
+            request_id=request_id, execution_timeout=execution_timeout,
+            allow_undeclared_type=allow_undeclared_type, wait_ms=0)
+        return handle
+
+    async def execute_workflow(self, workflow_type, args=None, *, timeout: float | None = None,
+                               **start_options):
+        """Start a run and return its result (what `start_workflow(...).result(timeout)`
+        returns, raising what it raises), in one call to Flow when the run closes within
+        the first long poll: the start's answer waits for the close. Options as
+        start_workflow's."""
+        deadline_s = _wait_deadline_s(timeout)
+        handle, closed = await self._start_workflow(workflow_type, args,
+                                                    wait_ms=_poll_wait_ms(deadline_s),
+                                                    **start_options)
+        if closed is not None and not (closed["status"] == model.CONTINUED_AS_NEW
+                                       and closed["continued_as_run_id"]):
+            return workflow_result(closed)
+        left_s = None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
+        return await handle.result(timeout=left_s)
+
+    async def _start_workflow(self, workflow_type, args, *, workflow_id: str | None = None,
+                              reuse_policy: str = model.ALLOW_DUPLICATE,
+                              request_id: str | None = None,
+                              execution_timeout: float | None = None,
+                              allow_undeclared_type: bool | None = None,
+                              wait_ms: int) -> tuple[WorkflowHandle, dict | None]:
+        """The handle, and the run as it closed if it did within wait_ms (else None)."""
         if allow_undeclared_type is None:
             allow_undeclared_type = self.allow_undeclared_types
         type_name, default_timeout_s = workflow_type_of(workflow_type)
@@ -416,10 +445,12 @@ class Client(ScheduleMethods):
             workflow_id=workflow_id or f"{type_name}-{uuid.uuid4().hex}",
             workflow_type=type_name, input=payload, reuse_policy=REUSE_ENUM[reuse_policy],
             request_id=request_id or uuid.uuid4().hex, execution_timeout_ms=timeout_ms,
-            allow_undeclared_type=allow_undeclared_type)
+            allow_undeclared_type=allow_undeclared_type, wait_ms=_uint32(wait_ms, "wait_ms"))
         answer = await self._call("StartWorkflow", request, retry_indeterminate=True,
-                                  workflow_id=request.workflow_id)
-        return WorkflowHandle(self, request.workflow_id, answer.run_id, answer.started)
+                                  workflow_id=request.workflow_id, wait_s=wait_ms / 1000)
+        handle = WorkflowHandle(self, request.workflow_id, answer.run_id, answer.started)
+        closed = workflow_to_dict(answer.closed) if answer.HasField("closed") else None
+        return handle, closed
 
     def get_workflow_handle(self, workflow_id: str, run_id: str = "") -> WorkflowHandle:
         return WorkflowHandle(self, workflow_id, run_id)
@@ -653,6 +684,9 @@ class SyncClient(SyncScheduleMethods):
 
     def _run(self, coro):
         return self._loop.run_until_complete(coro)
+
+    def execute_workflow(self, *args, **kwargs):
+        return self._run(self._client.execute_workflow(*args, **kwargs))
 
     def start_workflow(self, *args, **kwargs) -> SyncWorkflowHandle:
         return SyncWorkflowHandle(self, self._run(self._client.start_workflow(*args, **kwargs)))

@@ -18,7 +18,7 @@ import grpc
 
 from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
-from coda.errors import (CodaError, Internal, InvalidArgument, NotLeader,
+from coda.errors import (CodaError, Internal, InvalidArgument, NotLeader, ResourceExhausted,
                          Unavailable)
 from coda.flow import (commands, limits, metrics, model, outbox, queries, validate,
                        wire)
@@ -191,6 +191,25 @@ def forward_metadata() -> tuple:
     return ((wire.FORWARDED_METADATA_KEY, "1"),)
 
 
+async def _closed_within(replica, waiter, workflow_id: str, run_id: str, wait_s: float):
+    """The run's record once it is closed, waiting up to wait_s; None if it still runs.
+    Local reads: this leader has just committed the start (or answered it from its
+    request table), so its LMDB holds the run; a closed run never changes again."""
+    def closed_record():
+        with replica.store.read() as txn:
+            record = queries.describe(txn, workflow_id, run_id)
+        return record if record["status"] != model.RUNNING else None
+
+    try:
+        record = closed_record()
+        if record is None:
+            await asyncio.wait_for(asyncio.shield(waiter), wait_s)
+            record = closed_record()
+    except (TimeoutError, CodaError):
+        return None  # the caller waits on with WaitWorkflow, which reports what is wrong
+    return record
+
+
 class FlowService(ScheduleRpcs, StateRpcs, VisibilityRpcs, pb_grpc.FlowServicer):
     def __init__(self, cfg: NodeConfig, router: Router, dispatchers: list):
         self.cfg = cfg
@@ -214,11 +233,34 @@ class FlowService(ScheduleRpcs, StateRpcs, VisibilityRpcs, pb_grpc.FlowServicer)
                                   size_bytes=len(payload), limit_bytes=self.cfg.payload_bytes_max)
         codec.decode_payload(payload, what="workflow input")
         shard = self.router.shard_of(workflow_id)
+        wait_s = min(request.wait_ms, limits.wait_workflow_ms_max) / 1000
 
         async def local(replica):
+            dispatcher = self.dispatchers[shard]
+            # Registered before the start is proposed: a run that closes before this
+            # handler resumes still wakes it. With every wait slot taken the start goes
+            # on, answered without `closed` (the caller waits on with WaitWorkflow).
+            waiter = None
+            if wait_s > 0:
+                try:
+                    waiter = dispatcher.closed_waiter(workflow_id)
+                except ResourceExhausted:
+                    pass
+            try:
+                answer = await start(replica, dispatcher)
+                if waiter is not None:
+                    closed = await _closed_within(replica, waiter, workflow_id,
+                                                  answer.run_id, wait_s)
+                    if closed is not None:
+                        answer.closed.CopyFrom(workflow_info(closed, shard))
+                return answer
+            finally:
+                if waiter is not None:
+                    dispatcher.drop_waiter(workflow_id, waiter)
+
+        async def start(replica, dispatcher):
             # Eager start: an idle supervisor of this type gets the first workflow task
             # in the start's own command (no `assign` commit before it runs).
-            dispatcher = self.dispatchers[shard]
             session = dispatcher.eager_session(keys.workflow_queue_name(workflow_type))
             reserved = dispatcher.reserve_eager(session, 1) if session is not None else 0
             data = commands.start_workflow(
@@ -240,7 +282,7 @@ class FlowService(ScheduleRpcs, StateRpcs, VisibilityRpcs, pb_grpc.FlowServicer)
             forwarded.CopyFrom(request)
             forwarded.request_id = request_id
             return await self.router.flow_stub(address).StartWorkflow(
-                forwarded, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S)
+                forwarded, metadata=forward_metadata(), timeout=FORWARD_TIMEOUT_S + wait_s)
 
         return await self.router.on_leader(shard, context, local, remote)
 

@@ -315,7 +315,7 @@ class ListSchedulesResponse(_message.Message):
     def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ..., next_page_token: _Optional[bytes] = ...) -> None: ...
 
 class StartWorkflowRequest(_message.Message):
-    __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id", "execution_timeout_ms", "allow_undeclared_type")
+    __slots__ = ("workflow_id", "workflow_type", "input", "reuse_policy", "request_id", "execution_timeout_ms", "allow_undeclared_type", "wait_ms")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +323,7 @@ class StartWorkflowRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNDECLARED_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     workflow_type: str
     input: bytes
@@ -330,17 +331,20 @@ class StartWorkflowRequest(_message.Message):
     request_id: str
     execution_timeout_ms: int
     allow_undeclared_type: bool
-    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., reuse_policy: _Optional[_Union[WorkflowIdReusePolicy, str]] = ..., request_id: _Optional[str] = ..., execution_timeout_ms: _Optional[int] = ..., allow_undeclared_type: _Optional[bool] = ...) -> None: ...
+    wait_ms: int
+    def __init__(self, workflow_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., input: _Optional[bytes] = ..., reuse_policy: _Optional[_Union[WorkflowIdReusePolicy, str]] = ..., request_id: _Optional[str] = ..., execution_timeout_ms: _Optional[int] = ..., allow_undeclared_type: _Optional[bool] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class StartWorkflowResponse(_message.Message):
-    __slots__ = ("run_id", "started", "shard")
+    __slots__ = ("run_id", "started", "shard", "closed")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     started: bool
     shard: int
-    def __init__(self, run_id: _Optional[str] = ..., started: _Optional[bool] = ..., shard: _Optional[int] = ...) -> None: ...
+    closed: WorkflowInfo
+    def __init__(self, run_id: _Optional[str] = ..., started: _Optional[bool] = ..., shard: _Optional[int] = ..., closed: _Optional[_Union[WorkflowInfo, _Mapping]] = ...) -> None: ...
 
 class DescribeWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "run_id")

@@ -217,6 +217,11 @@ async def x_poke_own_workflow(n):
     return n + 1
 
 
+@coda.workflow(name="x_waits_for_poke")
+async def x_waits_for_poke():
+    return await coda.context.wait_signal("poke")
+
+
 @coda.workflow(name="x_poked_steps")
 async def x_poked_steps(n):
     first = await coda.context.spawn_task("x_poke_own_workflow", args={"n": n})
@@ -506,6 +511,68 @@ def test_news_a_chained_workflow_task_did_not_see_sends_the_result_alone(env):
     assert types.index("SignalReceived") < types.index("TaskCompleted")
     assert [e["event_id"] for e in history] == list(range(1, len(history) + 1))
     assert types[-1] == "WorkflowExecutionCompleted"
+
+
+def test_execute_workflow_starts_and_answers_the_result_in_one_call(env, monkeypatch):
+    """StartWorkflow with wait_ms holds its answer until the run closes: execute_workflow
+    gets the result without a WaitWorkflow call (any would fail here); a retry with the
+    same request id gets the closed run at once and starts nothing."""
+    def no_wait_calls(*args, **kwargs):
+        raise AssertionError("execute_workflow called WaitWorkflow")
+
+    monkeypatch.setattr(env.client._client, "wait_workflow", no_wait_calls)
+    wid, request_id = new_id("execute"), uuid.uuid4().hex
+    args = {"task": "x_echo", "args": {"value": "once"}}
+    result = env.client.execute_workflow("x_call", args, workflow_id=wid,
+                                         request_id=request_id, timeout=RESULT_TIMEOUT_S)
+    assert result == {"ok": "once"}
+    assert env.client.execute_workflow("x_call", args, workflow_id=wid,
+                                       request_id=request_id) == result
+    assert len(env.records(wid, "x_echo")) == 1  # ran once, retry included
+    assert len(env.client.get_workflow_handle(wid).history()) > 0
+    # A failure is raised as result() raises it.
+    with pytest.raises(errors.WorkflowTimedOutError):
+        env.client.execute_workflow("x_call", {"task": "x_long", "args": {"seconds": 60}},
+                                    execution_timeout=1, timeout=RESULT_TIMEOUT_S)
+
+
+def test_execute_workflow_of_a_run_that_outlasts_the_wait_goes_on_waiting(env):
+    """The start's wait ends (here: 0.3 s) with the run still going: no `closed` in the
+    answer, and the result comes by WaitWorkflow; execute_workflow's timeout raises
+    WaitTimeout with the run still RUNNING, which a later result() can still collect."""
+    wid = new_id("outlasts")
+    client = env.client._client
+    handle, closed = env.client._run(client._start_workflow("x_waits_for_poke", None,
+                                                            workflow_id=wid, wait_ms=300))
+    assert closed is None and handle.run_id
+    env.client.get_workflow_handle(wid).signal("poke", "first")
+    assert env.client.get_workflow_handle(wid, handle.run_id).result(timeout=RESULT_TIMEOUT_S) \
+        == "first"
+    wid2 = new_id("outlasts")
+    with pytest.raises(errors.WaitTimeout):
+        env.client.execute_workflow("x_waits_for_poke", workflow_id=wid2, timeout=0.5)
+    env.client.get_workflow_handle(wid2).signal("poke", "second")
+    assert env.client.get_workflow_handle(wid2).result(timeout=RESULT_TIMEOUT_S) == "second"
+
+
+def test_a_start_that_waits_is_forwarded_by_a_node_that_does_not_lead(env):
+    """Raw StartWorkflow(wait_ms) sent to a follower: forwarded to the shard's leader,
+    held until the close, the closed run in the answer."""
+    import grpc
+    from coda.api import flow_pb2 as pb
+    from coda.api import flow_pb2_grpc as pb_grpc
+    from coda.storage import codec
+    wid = new_id("forwarded")
+    shard = env.cluster.shard_of(wid)
+    follower = next(i for i in range(3) if i != env.cluster.leader_node(shard))
+    with grpc.insecure_channel(env.cluster.nodes[follower]["client"]) as channel:
+        answer = pb_grpc.FlowStub(channel).StartWorkflow(pb.StartWorkflowRequest(
+            workflow_id=wid, workflow_type="x_call",
+            input=codec.pack({"task": "x_echo", "args": {"value": 7}}),
+            request_id=uuid.uuid4().hex, wait_ms=30_000), timeout=40)
+    assert answer.HasField("closed") and answer.closed.run_id == answer.run_id
+    assert answer.closed.status == "COMPLETED"
+    assert codec.unpack(answer.closed.result) == {"ok": 7}
 
 
 def test_a_durable_sleep_fires_on_time_and_once(env):
