@@ -142,11 +142,21 @@ def _time_ms(body: dict) -> int:
 def _remember_request(txn: Txn, request_id: str, time_ms: int, result: dict) -> None:
     txn.put(keys.REQUESTS, keys.request_key(request_id),
             codec.pack({"time_ms": time_ms, "result": result}))
-    txn.put(keys.REQUESTS_BY_TIME, keys.request_time_key(time_ms, request_id), b"")
-    c.next_counter(txn, META_REQUESTS_COUNT)
+    time_key = keys.request_time_key(time_ms, request_id)
+    txn.put(keys.REQUESTS_BY_TIME, time_key, b"")
+    if c.next_counter(txn, META_REQUESTS_COUNT) == 0:
+        txn.put(keys.META, META_REQUESTS_OLDEST, time_key[:8])
+    else:
+        oldest = txn.get(keys.META, META_REQUESTS_OLDEST)
+        if oldest is not None and time_key[:8] < oldest:  # a clock that stepped back
+            txn.put(keys.META, META_REQUESTS_OLDEST, time_key[:8])
 
 
 META_REQUESTS_COUNT = b"requests_count"
+# The time prefix (8 bytes) of the first key of REQUESTS_BY_TIME; absent when the table
+# is empty, or in a store written before it was kept (then the next prune scans and
+# sets it). It lets a command see that nothing is due without opening a scan.
+META_REQUESTS_OLDEST = b"requests_oldest"
 
 
 def _prune_requests(txn: Txn, time_ms: int) -> None:
@@ -158,11 +168,16 @@ def _prune_requests(txn: Txn, time_ms: int) -> None:
     raw = txn.get(keys.META, META_REQUESTS_COUNT)
     count = keys.from_u64(raw) if raw else 0
     horizon = keys.u64(max(0, time_ms - limits.request_dedup_window_ms))
-    doomed = []
+    if count < limits.request_dedup_entries_max:
+        oldest = txn.get(keys.META, META_REQUESTS_OLDEST)
+        if count == 0 or (oldest is not None and oldest >= horizon):
+            return  # the scan below would stop at its first key
+    doomed, first_kept = [], None
     for key, _ in txn.scan(keys.REQUESTS_BY_TIME):
-        if len(doomed) >= limits.request_dedup_prune_per_command_max:
-            break
-        if key[:8] >= horizon and count - len(doomed) < limits.request_dedup_entries_max:
+        if (len(doomed) >= limits.request_dedup_prune_per_command_max
+                or (key[:8] >= horizon
+                    and count - len(doomed) < limits.request_dedup_entries_max)):
+            first_kept = key
             break
         doomed.append(key)
     # Deleted after the scan: no cursor is open while the database changes.
@@ -171,3 +186,7 @@ def _prune_requests(txn: Txn, time_ms: int) -> None:
         txn.delete(keys.REQUESTS, keys.request_key(keys.request_id_from_time_key(key)))
     if doomed:
         txn.put(keys.META, META_REQUESTS_COUNT, keys.u64(count - len(doomed)))
+    if first_kept is not None:
+        txn.put(keys.META, META_REQUESTS_OLDEST, first_kept[:8])
+    else:
+        txn.delete(keys.META, META_REQUESTS_OLDEST)

@@ -262,17 +262,15 @@ class WriteBatch:
                     and isinstance(item[1], bytes) and 0 < len(item[1]) <= 511
                     and (item[2] is None or isinstance(item[2], bytes))):
                 raise ValueError(f"malformed write {item!r:.200}")
-        child = self._store._env.begin(write=True, parent=self._txn)
-        try:
-            for db, key, value in items:
-                if value is None:
-                    child.delete(key, db=dbs[db])
-                else:
-                    child.put(key, value, db=dbs[db])
-        except BaseException:
-            child.abort()
-            raise
-        child.commit()
+        # Straight into the batch's transaction (no child): everything was checked
+        # above, and an LMDB error here (disk full) fails the whole batch, which the
+        # replica then never commits (flow.replica exits and replays from the journal).
+        txn = self._txn
+        for db, key, value in items:
+            if value is None:
+                txn.delete(key, db=dbs[db])
+            else:
+                txn.put(key, value, db=dbs[db])
         self.entries += 1
 
     def commit(self, applied_index: int) -> None:

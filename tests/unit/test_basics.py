@@ -522,3 +522,38 @@ def test_a_failed_command_prunes_nothing(shard, small_dedup):
     assert refused["error"]["code"] == errors.CODE_ALREADY_EXISTS
     assert "'w' is already running (run run-a)" in refused["error"]["message"]
     assert shard.remembered() == {"r1": 0}            # rolled back with the command
+
+
+def _oldest_is_the_first_time_key(shard) -> None:
+    """state_machine.META_REQUESTS_OLDEST is the time prefix of the first REQUESTS_BY_TIME
+    key, absent when there is none (what lets a command skip the prune scan)."""
+    with shard.store.read() as txn:
+        first = next(iter(txn.scan(keys.REQUESTS_BY_TIME)), None)
+        oldest = txn.get(keys.META, state_machine.META_REQUESTS_OLDEST)
+    assert oldest == (first[0][:8] if first is not None else None), (first, oldest)
+
+
+def test_the_oldest_request_time_follows_the_table(shard, small_dedup):
+    # Clocks that step back, expiry, the entry cap and the per-command bound in turn.
+    times = [50, 40, 45, 40, 2_000, 1_990, 1_995, 2_500, 2_600, 9_000, 9_001, 8_999]
+    for i, time_ms in enumerate(times):
+        assert "ok" in shard.barrier(time_ms, request_id=f"r{i}")
+        _oldest_is_the_first_time_key(shard)
+    assert shard.barrier(60_000) == {"ok": {}}  # all expired: two per command go
+    _oldest_is_the_first_time_key(shard)
+    while shard.remembered():
+        assert shard.barrier(60_000) == {"ok": {}}
+        _oldest_is_the_first_time_key(shard)
+
+
+def test_a_store_without_the_oldest_time_prunes_by_scanning(shard, small_dedup):
+    """Stores written before META_REQUESTS_OLDEST existed: the next prune scans, as
+    before, and sets it."""
+    for i in range(3):
+        assert "ok" in shard.barrier(i, request_id=f"r{i}")
+    batch = shard.store.begin_batch()
+    batch.write([[keys.META, state_machine.META_REQUESTS_OLDEST, None]])
+    batch.commit(shard.store.applied_index())
+    assert shard.barrier(1_001) == {"ok": {}}  # horizon 1: r0 expired
+    assert sorted(shard.remembered()) == ["r1", "r2"]
+    _oldest_is_the_first_time_key(shard)
