@@ -143,7 +143,7 @@ class SupervisorReads:
         elif op == "stats":
             hits = msg.get("broadcast_hits")
             if isinstance(hits, int) and hits > 0:
-                self.metrics.broadcast_reads.labels("worker_cache").inc(hits)
+                self.metrics.child(self.metrics.broadcast_reads, "worker_cache").inc(hits)
 
     def _broadcast_get(self, msg: dict, reply) -> None:
         name, min_version = msg.get("name"), msg.get("min_version") or 0
@@ -151,7 +151,7 @@ class SupervisorReads:
             return
         entry = self.cache.get(name, min_version)
         if entry is not None:
-            self.metrics.broadcast_reads.labels("supervisor_cache").inc()
+            self.metrics.child(self.metrics.broadcast_reads, "supervisor_cache").inc()
             reply(entry.frame(name))
             return
         if name in self._fetching:
@@ -166,7 +166,7 @@ class SupervisorReads:
     async def _fetch(self, name: str) -> None:
         """A miss: one linearizable read in Flow, then every worker gets the answer (the
         one that asked, and the rest for next time), and the name is watched."""
-        self.metrics.broadcast_reads.labels("flow").inc()
+        self.metrics.child(self.metrics.broadcast_reads, "flow").inc()
         try:
             answer = await self._client_factory()._call(
                 "GetBroadcast", pb.GetBroadcastRequest(name=name), retry_indeterminate=True,

@@ -35,6 +35,7 @@ OUTCOMES = ("completed", "failed", "timed_out", "worker_died", "shutdown")
 class SupervisorMetrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict = {}
         self._define_session_families()
         self._define_item_families()
         self._define_read_families()
@@ -147,10 +148,20 @@ class SupervisorMetrics:
                        self.completion_ack_seconds):
             family.labels(str(shard))
 
+    def child(self, family, *label_values):
+        """family.labels(*label_values), remembered: labels() validates and locks on
+        every call (~8 % of the supervisor's samples under W-seq, several per item).
+        Label sets are few and bounded (module docstring)."""
+        key = (id(family), label_values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*label_values)
+        return found
+
     def item_finished(self, is_workflow_task: bool, outcome: str, seconds: float) -> None:
         item = "workflow_task" if is_workflow_task else "task"
-        self.items_finished.labels(item, outcome if outcome in OUTCOMES else "failed").inc()
-        self.item_seconds.labels(item).observe(max(0.0, seconds))
+        self.child(self.items_finished, item, outcome if outcome in OUTCOMES else "failed").inc()
+        self.child(self.item_seconds, item).observe(max(0.0, seconds))
 
     def watch_pool(self, pool) -> None:
         """Export the pool's workers: live, restarts, what each runs, their CPU and memory."""

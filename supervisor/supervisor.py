@@ -486,9 +486,9 @@ class Supervisor:
         if resent:
             log.info("shard %d: %d completions sent before and unanswered: sending again",
                      shard, resent)
-            self.metrics.completions_resent.labels(str(shard)).inc(resent)
+            self.metrics.child(self.metrics.completions_resent, str(shard)).inc(resent)
         slots = self.ledger.on_hello(shard, blocked=batcher.full)
-        self.metrics.credit_granted.labels(str(shard)).inc(slots)
+        self.metrics.child(self.metrics.credit_granted, str(shard)).inc(slots)
         running = [item.running_item() for item in self._items.values() if item.shard == shard]
         running += [pb.RunningItem(workflow_id=c.workflow_id, run_id=c.run_id,
                                    task_key=c.task_key, attempt=c.attempt)
@@ -502,18 +502,18 @@ class Supervisor:
     def on_accepted(self, shard: int, accepted: pb.SessionAccepted, address: str) -> None:
         if accepted.payload_bytes_max:
             self._payload_bytes_max[shard] = accepted.payload_bytes_max
-        self.metrics.connected.labels(str(shard)).set(1)
+        self.metrics.child(self.metrics.connected, str(shard)).set(1)
         self._wake(shard)
 
     def on_disconnected(self, shard: int) -> None:
-        self.metrics.connected.labels(str(shard)).set(0)
+        self.metrics.child(self.metrics.connected, str(shard)).set(0)
 
     def _on_session_ended(self, shard: int) -> None:
-        self.metrics.reconnects.labels(str(shard)).inc()
+        self.metrics.child(self.metrics.reconnects, str(shard)).inc()
 
     def on_dispatches(self, shard: int, dispatches) -> None:
-        self.metrics.dispatches.labels(str(shard)).inc(len(dispatches))
-        self.metrics.dispatch_batch_items.labels(str(shard)).observe(len(dispatches))
+        self.metrics.child(self.metrics.dispatches, str(shard)).inc(len(dispatches))
+        self.metrics.child(self.metrics.dispatch_batch_items, str(shard)).observe(len(dispatches))
         for dispatch in dispatches:
             self._start(shard, dispatch)
 
@@ -526,19 +526,20 @@ class Supervisor:
     def on_acks(self, shard: int, acks: pb.CompletionAcks) -> None:
         batcher = self.batchers[shard]
         acked = batcher.ack_timed(acks.request_ids)
-        self.metrics.completions_acked.labels(str(shard)).inc(len(acked))
+        self.metrics.child(self.metrics.completions_acked, str(shard)).inc(len(acked))
         now_s = time.monotonic()
+        ack_seconds = self.metrics.child(self.metrics.completion_ack_seconds, str(shard))
         for _, sent_s in acked:
             if sent_s is not None:
-                self.metrics.completion_ack_seconds.labels(str(shard)).observe(now_s - sent_s)
+                ack_seconds.observe(now_s - sent_s)
         reasons = {r.request_id: r.reason for r in acks.rejected}
         for completion in batcher.reject(reasons):
             log.warning("shard %d: Flow rejected the completion of %s/%s %s attempt %d: %s",
                         shard, completion.workflow_id, completion.run_id,
                         completion.task_key or "(workflow task)", completion.attempt,
                         reasons[completion.request_id] or "no reason given")
-            self.metrics.completions_rejected.labels(str(shard)).inc()
-        self.metrics.unacked.labels(str(shard)).set(len(batcher))
+            self.metrics.child(self.metrics.completions_rejected, str(shard)).inc()
+        self.metrics.child(self.metrics.unacked, str(shard)).set(len(batcher))
 
     def outgoing(self, shard: int, now_s: float) -> list[pb.SupervisorMessage]:
         """Due completion batches, then the credit freed since the last flush. Credit rides
@@ -551,19 +552,19 @@ class Supervisor:
         if stale:
             log.info("shard %d: %d completions unanswered for %.0f s: sending again", shard,
                      stale, batcher.ack_timeout_s)
-            self.metrics.completions_resent.labels(str(shard)).inc(stale)
+            self.metrics.child(self.metrics.completions_resent, str(shard)).inc(stale)
         messages = []
         while batcher.due(now_s):
             batch = batcher.take_batch(now_s)
-            self.metrics.completions_sent.labels(str(shard)).inc(len(batch))
-            self.metrics.completion_batch_items.labels(str(shard)).observe(len(batch))
+            self.metrics.child(self.metrics.completions_sent, str(shard)).inc(len(batch))
+            self.metrics.child(self.metrics.completion_batch_items, str(shard)).observe(len(batch))
             messages.append(pb.SupervisorMessage(completions=pb.CompletionBatch(completions=batch)))
         if messages or not batcher.unsent:
             grant = self.ledger.take_grant(shard, blocked=batcher.full)
         else:
             grant = 0
         if grant:
-            self.metrics.credit_granted.labels(str(shard)).inc(grant)
+            self.metrics.child(self.metrics.credit_granted, str(shard)).inc(grant)
             if messages:
                 messages[-1].completions.slots = grant
             else:
@@ -586,7 +587,7 @@ class Supervisor:
             tasks.append(pb.TaskHeartbeat(workflow_id=item.workflow_id, run_id=item.run_id,
                                           task_key=item.task_key, attempt=item.attempt,
                                           details=details))
-        self.metrics.heartbeats_sent.labels(str(shard)).inc()
+        self.metrics.child(self.metrics.heartbeats_sent, str(shard)).inc()
         return pb.SupervisorMessage(heartbeat=pb.Heartbeat(sent_ms=int(time.time() * 1000),
                                                            tasks=tasks))
 
@@ -648,12 +649,12 @@ class Supervisor:
             head = [e for e in fetched if e["event_id"] <= dispatch.history_after_event_id]
             history = head + history_tail(dispatch)
         except Exception as exc:  # a workflow task failure: Flow retries it
-            self.metrics.history_fetches.labels("error").inc()
+            self.metrics.child(self.metrics.history_fetches, "error").inc()
             if self._items.get(item_id) is item:
                 self._fail(item_id, "HistoryUnavailable",
                            f"could not fetch the history of {dispatch.workflow_id}: {exc}")
             return
-        self.metrics.history_fetches.labels("ok").inc()
+        self.metrics.child(self.metrics.history_fetches, "ok").inc()
         if self._items.get(item_id) is not item:
             return  # cancelled or the supervisor stopped meanwhile
         self.histories.put((dispatch.workflow_id, dispatch.run_id), history)
@@ -766,7 +767,7 @@ class Supervisor:
                 sent = attach(chain.completion, chain, codec.pack(commands), COMPLETION_BYTES_MAX)
             except Exception:  # what can't be packed goes the usual way, and fails there
                 sent = False
-        self.metrics.chained.labels("sent" if sent else "dropped").inc()
+        self.metrics.child(self.metrics.chained, "sent" if sent else "dropped").inc()
         self._complete(chain.item_id, chain.completion)
 
     def _chain_timed_out(self, chain_id: str, outcome: str = "timed_out") -> None:
@@ -776,7 +777,7 @@ class Supervisor:
         chain.timer.cancel()
         self.pool.cancel(chain_id)  # a worker still running it would be over its slots
         if chain.item_id in self._items:
-            self.metrics.chained.labels(outcome).inc()
+            self.metrics.child(self.metrics.chained, outcome).inc()
             self._complete(chain.item_id, chain.completion)
 
     def _flush_chains(self) -> None:
@@ -803,7 +804,7 @@ class Supervisor:
                                    time.monotonic() - item.received_s)
         batcher = self.batchers[item.shard]
         batcher.add(completion, time.monotonic())
-        self.metrics.unacked.labels(str(item.shard)).set(len(batcher))
+        self.metrics.child(self.metrics.unacked, str(item.shard)).set(len(batcher))
         self.ledger.on_finish(item.shard)
         self._wake(item.shard)
 
