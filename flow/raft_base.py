@@ -56,6 +56,11 @@ one class, so the replica (flow.replica) reads as plain Raft:
    encryptor; pysyncobj's connection class is replaced by `RaftConnection` in its
    transport and server modules (every SyncObj of a Coda process is one of ours; a
    connection without a RaftCipher keeps pysyncobj's framing).
+12. A send the socket buffer could not take whole kept its rest in the connection's
+   buffer until the next send on it (pysyncobj watches "writable" only while
+   connecting): with appends of write sets no longer compressed, W-fan stalled ~100 ms
+   (one heartbeat period) at a time. `RaftConnection` watches the socket until the rest
+   is out, and the socket buffers hold a whole append batch (replica.raft_conf).
 
 pysyncobj private names are mangled (`_SyncObj__x`); a subclass that defines the mangled
 name overrides it. This leans on pysyncobj==0.3.17 exactly (pinned in pyproject.toml).

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from pysyncobj import pickle as raft_pickle
 from pysyncobj.monotonic import monotonic as monotonic_s
+from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import TcpConnection
 
 _SALT = b"coda raft frames, AES-256-GCM, v1"
@@ -103,17 +104,33 @@ def _derive_key(secret: bytes) -> bytes:
 
 
 class RaftConnection(TcpConnection):
-    """pysyncobj's TcpConnection, its frames sealed by a RaftCipher (module docstring)."""
+    """pysyncobj's TcpConnection, its frames sealed by a RaftCipher (module docstring),
+    and sending what the socket did not take at once when it can (below)."""
 
     def send(self, message):
         cipher = self.encryptor
         if not isinstance(cipher, RaftCipher):
-            return TcpConnection.send(self, message)
-        if self.sendRandKey:
-            message = (self.sendRandKey, message)
-        frame = cipher.seal(raft_pickle.dumps(message), int(monotonic_s()))
-        self._TcpConnection__writeBuffer += _LENGTH.pack(len(frame)) + frame
-        self._TcpConnection__trySendBuffer()
+            TcpConnection.send(self, message)
+        else:
+            if self.sendRandKey:
+                message = (self.sendRandKey, message)
+            frame = cipher.seal(raft_pickle.dumps(message), int(monotonic_s()))
+            self._TcpConnection__writeBuffer += _LENGTH.pack(len(frame)) + frame
+            self._TcpConnection__trySendBuffer()
+        self._watch_writable()
+
+    def _watch_writable(self) -> None:
+        # pysyncobj watches a connection for "writable" only until it connects; a send
+        # the socket buffer could not take whole kept its rest until the next send on
+        # that connection (a heartbeat, up to append_entries_period_s later): W-fan's
+        # appends stalled ~100 ms each time. Its own handler takes over from here: on
+        # the writable event it sends the rest and drops the watch once the buffer is
+        # empty.
+        fileno = self._TcpConnection__fileno
+        if self._TcpConnection__writeBuffer and fileno is not None:
+            self._TcpConnection__poller.subscribe(
+                fileno, self._TcpConnection__processConnection,
+                POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
 
     def _TcpConnection__processParseMessage(self):
         cipher = self.encryptor

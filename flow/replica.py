@@ -86,6 +86,10 @@ def raft_conf(cfg: NodeConfig, shard: int, serializer, deserializer, on_state) -
         appendEntriesPeriod=t.append_entries_period_s,
         appendEntriesUseBatch=True,
         appendEntriesBatchSizeBytes=256 * 1024,
+        # Socket buffers (and pysyncobj's recv size) that hold whole append batches: its
+        # 64 KiB default split every uncompressed batch over several sends and reads.
+        sendBufferSize=2 * 1024 * 1024,
+        recvBufferSize=512 * 1024,
         raftMinTimeout=election_min_s,
         raftMaxTimeout=election_max_s,
         leaderFallbackTimeout=t.leader_fallback_timeout_s,

@@ -109,3 +109,46 @@ def test_without_a_raft_cipher_the_connection_keeps_pysyncobjs_framing():
     conn = RaftConnection(poller=_Poller())
     data = zlib.compress(raft_pickle.dumps({"type": "ping"}), 3)
     assert _feed(conn, struct.pack("i", len(data)) + data) == {"type": "ping"}
+
+
+class _RecordingPoller(_Poller):
+    def __init__(self):
+        self.masks: list[int] = []
+
+    def subscribe(self, fd, callback, mask):
+        self.masks.append(mask)
+
+
+def test_what_the_socket_did_not_take_is_sent_when_it_becomes_writable():
+    """pysyncobj watched "writable" only until a connection was up: the rest of a send
+    the socket buffer could not take waited for the next send on that connection."""
+    import socket
+
+    from pysyncobj.poller import POLL_EVENT_TYPE
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    poller = _RecordingPoller()
+    conn = RaftConnection(poller=poller, socket=ours)
+    conn.encryptor = RaftCipher(SECRET)
+    conn._TcpConnection__processConnection(ours.fileno(), POLL_EVENT_TYPE.WRITE)
+    assert not poller.masks[-1] & POLL_EVENT_TYPE.WRITE  # connected, nothing to send
+    conn.send({"type": "append", "data": b"x" * 2_000_000})
+    assert conn._TcpConnection__writeBuffer  # the socket took part of it
+    assert poller.masks[-1] & POLL_EVENT_TYPE.WRITE  # and the rest waits for writable
+    received = bytearray()
+    peer.settimeout(5)
+    while conn._TcpConnection__writeBuffer:
+        received += peer.recv(1 << 20)
+        conn._TcpConnection__processConnection(ours.fileno(), POLL_EVENT_TYPE.WRITE)
+    assert not poller.masks[-1] & POLL_EVENT_TYPE.WRITE  # all sent: watch dropped
+    reader = _connection(RaftCipher(SECRET))
+    peer.setblocking(False)
+    try:
+        while True:
+            received += peer.recv(1 << 20)
+    except BlockingIOError:
+        pass
+    assert _feed(reader, bytes(received)) == {"type": "append", "data": b"x" * 2_000_000}
+    ours.close()
+    peer.close()
