@@ -238,8 +238,13 @@ def expire_supervisor(*, time_ms: int, supervisor_id: str) -> bytes:
     return encode(EXPIRE_SUPERVISOR, {"time_ms": time_ms, "supervisor_id": supervisor_id})
 
 
-def assign(*, time_ms: int, supervisor_id: str, items: list) -> bytes:
-    return encode(ASSIGN, {"time_ms": time_ms, "supervisor_id": supervisor_id, "items": items})
+def assign(*, time_ms: int, supervisor_id: str, items: list,
+           dispatch_id: str | None = None) -> bytes:
+    """dispatch_id: names the assignment in its effects (not a dedup request id)."""
+    body = {"time_ms": time_ms, "supervisor_id": supervisor_id, "items": items}
+    if dispatch_id is not None:
+        body["dispatch_id"] = dispatch_id
+    return encode(ASSIGN, body)
 
 
 def complete(*, time_ms: int, request_id: str, workflow_id: str, run_id: str, key: str,

@@ -23,6 +23,7 @@ import asyncio
 import itertools
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 LEADERSHIP_POLL_S = 0.1
 DISPATCH_IDLE_S = 0.25
+# The dispatch loop's assignments are named in their effects by this prefix and a uuid
+# (eager ones by the request id of the command that made them).
+ASSIGN_ID_PREFIX = "assign:"
 TIMER_POLL_S = 0.05
 LEASE_POLL_S = 0.25
 
@@ -268,28 +272,29 @@ class ShardDispatcher:
         return items
 
     async def _assign(self, session: Session, items: list[list]) -> None:
+        # What was assigned is sent from the command's effects (on_effects), as eager
+        # assignments are, and its credit settled the same way: a late commit (after a
+        # timeout here) still sends, and takes back the credit given back below.
+        dispatch_id = ASSIGN_ID_PREFIX + uuid.uuid4().hex
         try:
-            ok = await self.replica.propose(commands.assign(
-                time_ms=now_ms(), supervisor_id=session.supervisor_id, items=items))
-            assigned = ok["assigned"]
+            await self.replica.propose(commands.assign(
+                time_ms=now_ms(), supervisor_id=session.supervisor_id, items=items,
+                dispatch_id=dispatch_id))
         except CodaError as exc:
             log.warning("shard %d: assign to %s failed: %s", self.shard,
                         session.supervisor_id, exc)
-            assigned = []
             await asyncio.sleep(0.05)
         finally:
             for queue, seq in items:
                 self._claimed.discard((queue, seq))
-        session.credit += len(items) - len(assigned)
-        if assigned:
-            self._send_assigned(session, assigned)
-        if len(assigned) < len(items):
+        used = self._eager_used.get(dispatch_id, 0)
+        self.settle_eager(session, dispatch_id, len(items))
+        if used < len(items):
             self.kick()
 
     def _send_eager(self) -> None:
         out, self._eager_out = self._eager_out, {}
         for session, assigned in out.values():
-            metrics.child(metrics.eager_dispatched, str(self.shard)).inc(len(assigned))
             for start in range(0, len(assigned), limits.assign_items_max):
                 self._send_assigned(session, assigned[start:start + limits.assign_items_max])
 
@@ -397,6 +402,8 @@ class ShardDispatcher:
             else:
                 self._eager_used[request_id] = len(assigned)
             if session is not None:
+                if not request_id.startswith(ASSIGN_ID_PREFIX):
+                    metrics.child(metrics.eager_dispatched, str(self.shard)).inc(len(assigned))
                 if not self._eager_out:
                     asyncio.get_running_loop().call_soon(self._send_eager)
                 self._eager_out.setdefault(sid, (session, []))[1].extend(assigned)

@@ -122,6 +122,12 @@ def assign(ctx: c.Ctx, body: dict) -> dict:
         done = _assign_entry(ctx, sid, build_id, *item)
         if done is not None:
             assigned.append(done)
+    dispatch_id = body.get("dispatch_id")
+    if assigned and isinstance(dispatch_id, str):
+        # Sent from the effects (flow.dispatcher.on_effects), which the leader acts on
+        # as the command commits whether or not its proposer still waits: an answer
+        # lost to a timeout no longer leaves the items assigned and never sent.
+        ctx.assigned.append([sid, dispatch_id, assigned])
     return {"assigned": assigned}
 
 

@@ -79,3 +79,52 @@ def test_late_eager_effects_take_back_the_credit_their_settle_returned():
         dispatcher.settle_eager(session, "req-2", reserved)
         assert session.credit == 7 and not dispatcher._eager_used
     asyncio.run(main())
+
+
+def test_the_dispatch_loops_assignments_are_sent_from_effects_even_after_a_timeout():
+    """The dispatch loop's `assign` (not eager) used to send what its answer listed: an
+    answer lost to a timeout left the items assigned to a live supervisor and never sent
+    (until its session ended). Now the effects send them, late ones included, and the
+    credit the timed-out assign gave back is taken again."""
+    from coda.errors import Indeterminate
+    from coda.flow import commands
+
+    item = {"kind": "task", "workflow_id": "w", "run_id": "r", "key": "k", "attempt": 1}
+
+    async def main():
+        proposed = []
+
+        async def propose(data):
+            proposed.append(commands.decode(data).body)
+            if mode == "commits":  # _settle_batch: the effects first, then the answer
+                dispatcher.on_effects({"assigned": [
+                    ["s1", proposed[-1]["dispatch_id"], [item]]]})
+                return {"assigned": [item]}
+            raise Indeterminate("proposal timed out")
+
+        replica = types.SimpleNamespace(shard=0, propose=propose)
+        dispatcher = ShardDispatcher(replica, lease_ms=3000)
+        sent = []
+        dispatcher._send_assigned = lambda session, assigned: sent.append(list(assigned))
+        session = Session("s1", ("q",), credit=10)
+        dispatcher.sessions["s1"] = session
+
+        mode = "commits"
+        session.credit -= 2  # what _pick takes for two items
+        await dispatcher._assign(session, [["q", 1], ["q", 2]])
+        await asyncio.sleep(0)
+        assert sent == [[item]]  # one of the two was still queued
+        assert session.credit == 9  # the other one's credit came back
+        assert proposed[-1]["dispatch_id"].startswith("assign:")
+
+        mode = "times out"
+        session.credit -= 1
+        await dispatcher._assign(session, [["q", 3]])
+        assert session.credit == 9  # given back: nothing known to be assigned ...
+        dispatcher.on_effects({"assigned": [["s1", proposed[-1]["dispatch_id"],
+                                             [dict(item, key="k3")]]]})
+        await asyncio.sleep(0)
+        assert sent[-1] == [dict(item, key="k3")]  # ... until the late commit: sent
+        assert session.credit == 8  # and its credit taken again
+        assert not dispatcher._eager_used and not dispatcher._eager_settled
+    asyncio.run(main())
