@@ -6,6 +6,7 @@ A decorator leaves the function callable as before and attaches its definition
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 
@@ -91,7 +92,7 @@ class TaskDefinition:
     schedule_to_start_timeout_s: float | None
     heartbeat_timeout_s: float | None
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 

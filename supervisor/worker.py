@@ -79,6 +79,14 @@ def done_error(item_id, err: dict) -> dict:
 
 # --- the module's definitions ----------------------------------------------------------------
 
+
+@functools.lru_cache(maxsize=1024)
+def _signature(fn) -> inspect.Signature:
+    """inspect.signature, once per function: it was ~6 % of a worker's samples under W-seq
+    (each workflow task checked its run's input against it). Functions are the module's
+    own, few and long-lived."""
+    return inspect.signature(fn)
+
 class ModuleLoadError(CodaError):
     """MODULE imported, but what it defines can't be served."""
 
@@ -289,7 +297,7 @@ class WorkflowTasks:
             return {}, final_failure(definition, "PayloadError", f"workflow input must be a map of "
                                      f"keyword arguments, got {type(args).__name__}")
         try:
-            inspect.signature(definition.fn).bind(**args)
+            _signature(definition.fn).bind(**args)
         except TypeError as exc:
             return {}, final_failure(definition, "TypeError",
                                      f"workflow {definition.name} can't take its input: {exc}")
