@@ -175,7 +175,12 @@ def table_rows(report: dict) -> list[tuple[str, str, str, str]]:
     lat, fan = main["w_lat"], main["w_fan"]
     fo_cluster = next((c for c in report["clusters"] if c.get("failover")), None)
     fo = fo_cluster and fo_cluster["failover"]
+    ref, ref_end = raw.get("reference_loop"), raw.get("reference_loop_at_end")
     rows = [
+        ("reference Python loop (machine speed)",
+         f"{ref['best_ms']} ms" if ref else "-", "-",
+         "best of 5 at the start; at the end " + (f"{ref_end['best_ms']} ms" if ref_end else "-")
+         + " (the same work each time: lower is a faster machine, figures move with it)"),
         ("raw pysyncobj commits/s", f"{raw['pysyncobj_durable']['commits_per_s']:.0f}", "-",
          f"3 processes, durable journal, {raw['pysyncobj_durable']['in_flight']} in flight, "
          f"p50 {raw['pysyncobj_durable']['p50_ms']:.1f} ms"),
@@ -344,6 +349,7 @@ def main() -> None:
         stored = bench_stored.measure(stored=args.stored, shards=max(args.shards),
                                       workflows=max(args.concurrency),
                                       repeat=args.stored_repeat, timeout_s=args.timeout)
+    ceilings["reference_loop_at_end"] = raw_ceilings.reference_loop_ms()
     report = {
         "benchmark": "performance issue table",
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),

@@ -140,8 +140,28 @@ def pysyncobj_ceiling(seconds: float, in_flight: int) -> dict:
     return raw_pysyncobj.run("durable", seconds, in_flight, port)
 
 
+def reference_loop_ms(runs: int = 5) -> dict:
+    """How fast this machine runs Python right now: a fixed single-threaded loop (msgpack
+    records packed and unpacked, dicts and strings built), best and median of `runs`.
+    The same code and data every time, so it moves only with the machine: on this shared
+    2-core host it moved by a third within an hour, and every figure of a run with it."""
+    import msgpack
+    record = {"workflow_id": "wf-000123", "status": "RUNNING", "attempt": 1,
+              "history": list(range(20)), "input": b"x" * 64}
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        for i in range(20_000):
+            decoded = msgpack.unpackb(msgpack.packb(dict(record, seq=i)))
+            decoded["key"] = f"{decoded['workflow_id']}/{i}"
+        times.append(1000 * (time.perf_counter() - began))
+    times.sort()
+    return {"best_ms": round(times[0], 1), "median_ms": round(times[len(times) // 2], 1)}
+
+
 def measure_all(seconds: float, grpc_concurrency: int = 64, raft_in_flight: int = 2000) -> dict:
-    return {"pysyncobj_durable": pysyncobj_ceiling(seconds, raft_in_flight),
+    return {"reference_loop": reference_loop_ms(),
+            "pysyncobj_durable": pysyncobj_ceiling(seconds, raft_in_flight),
             "lmdb": lmdb_ceiling(seconds),
             "grpc": grpc_ceiling(seconds, grpc_concurrency)}
 
