@@ -3,8 +3,7 @@
 The performance issue's row "1M completed workflows stored: W-seq throughput within 10 %
 of an empty cluster; <= 200 MiB RSS per node".
 
-1. An empty 3-node cluster (4 shards) and one supervisor with 2 workers: W-seq (--workflows
-   in flight, 3 trivial tasks each) --repeat times; each node's RSS after.
+1. An empty 3-node cluster (4 shards) and one supervisor with 2 workers.
 2. Seeding, outside Raft: for every shard, the real state machine (flow.applier) applies
    --stored workflows' commands into a scratch LMDB, as a replica would: a start whose
    first workflow task goes eagerly to a registered supervisor, then that workflow task's
@@ -13,7 +12,9 @@ of an empty cluster; <= 200 MiB RSS per node".
    goes to each node's shard directory: all three replicas hold identical state and a
    Raft log that starts empty, as after restoring a snapshot. Shards are seeded by
    separate processes (one per core).
-3. A second cluster on the seeded data: the same W-seq trials and RSS.
+3. A second cluster on the seeded data, up beside the first. W-seq (--workflows in
+   flight, 3 trivial tasks each) --repeat times on each, the two taking turns; each
+   node's RSS after.
 
     python bench/bench_stored.py                      # 1M stored: seeding ~5 min on 2 cores
     python bench/bench_stored.py --stored 100000 --repeat 1
@@ -134,56 +135,83 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-async def trials(args, cluster: bx.Cluster, supervisor: bx.SupervisorProcess, label: str,
-                 stored: int) -> dict:
-    pids = bx.coda_pids(cluster, supervisor)
-    async with bx.coda.Client(cluster.address, timeout_s=args.timeout) as client:
-        if stored:  # the seeded runs are there, through the cluster's own reads
-            for n in (0, stored // 2, stored - 1):
-                described = await client.describe_workflow(f"stored-{n}")
-                assert described["status"] == model.COMPLETED, described
-        await bx.warm_up(client, args.timeout)
-        runs = []
-        for t in range(args.repeat):
-            print(f"{label}: W-seq {args.workflows} x 3 tasks, trial {t + 1}/{args.repeat} ...",
-                  flush=True)
-            runs.append(await bx.w_seq(client, args.workflows, f"{label}-{t}", args.timeout,
-                                       pids, 0.0, cluster, supervisor))
-    return {"w_seq": runs, "wf_per_s_median": round(statistics.median(r["wf_per_s"] for r in runs), 1),
-            "rss_mib": {f"n{i + 1}": rss_mib(pid) for i, pid in enumerate(pids["nodes"])}}
+class Setup:
+    """One cluster of the comparison (empty or seeded) and its supervisor."""
+
+    def __init__(self, args, root: str, stored: int):
+        self.label = "stored" if stored else "empty"
+        self.stored = stored
+        self.cluster = bx.Cluster(root, shards=args.shards)
+        self.supervisor = bx.SupervisorProcess(self.cluster, "workloads", root=root, workers=2,
+                                               module_dir=HERE,
+                                               supervisor_id=f"bench-supervisor-{self.label}")
+        self.out: dict = {"w_seq": []}
+        self.root = root
+
+    def start(self) -> None:
+        if self.stored:
+            print(f"seeding {self.stored} completed workflows into {self.cluster.shards} "
+                  "shards x 3 replicas ...", flush=True)
+            self.out["seed"] = seed(self.cluster, self.stored, self.root)
+            print(f"  seeded in {self.out['seed']['seconds']} s", flush=True)
+        self.cluster.start()
+        self.cluster.wait_leaders(timeout_s=120)
+        self.supervisor.start()
+        self.supervisor.wait_connected(timeout_s=120)
+
+    def close(self) -> None:
+        try:
+            self.supervisor.close()
+        finally:
+            self.cluster.close()
 
 
-def run_cluster(args, root: str, stored: int) -> dict:
-    cluster = bx.Cluster(root, shards=args.shards)
-    supervisor = bx.SupervisorProcess(cluster, "workloads", root=root, workers=2,
-                                      module_dir=HERE, supervisor_id="bench-supervisor")
-    out: dict = {}
+async def alternating_trials(args, setups: list[Setup]) -> None:
+    """W-seq trials taking turns between the clusters (the other one idles meanwhile): a
+    machine whose speed drifts (this shared host's does, by a third within an hour) then
+    slows both sides alike, where all of one cluster's trials and then all of the other's
+    compared two moments instead of two stores."""
+    clients = [bx.coda.Client(s.cluster.address, timeout_s=args.timeout) for s in setups]
     try:
-        if stored:
-            print(f"seeding {stored} completed workflows into {args.shards} shards x 3 "
-                  "replicas ...", flush=True)
-            out["seed"] = seed(cluster, stored, root)
-            print(f"  seeded in {out['seed']['seconds']} s", flush=True)
-        cluster.start()
-        cluster.wait_leaders(timeout_s=120)
-        supervisor.start()
-        supervisor.wait_connected(timeout_s=120)
-        out.update(asyncio.run(trials(args, cluster, supervisor, "stored" if stored else "empty",
-                                      stored)))
+        for setup, client in zip(setups, clients):
+            if setup.stored:  # the seeded runs are there, through the cluster's own reads
+                for n in (0, setup.stored // 2, setup.stored - 1):
+                    described = await client.describe_workflow(f"stored-{n}")
+                    assert described["status"] == model.COMPLETED, described
+            await bx.warm_up(client, args.timeout)
+        for t in range(args.repeat):
+            for setup, client in zip(setups, clients):
+                print(f"{setup.label}: W-seq {args.workflows} x 3 tasks, trial "
+                      f"{t + 1}/{args.repeat} ...", flush=True)
+                pids = bx.coda_pids(setup.cluster, setup.supervisor)
+                setup.out["w_seq"].append(await bx.w_seq(
+                    client, args.workflows, f"{setup.label}-{t}", args.timeout, pids, 0.0,
+                    setup.cluster, setup.supervisor))
     finally:
-        supervisor.close()
-        cluster.close()
-    return out
+        for client in clients:
+            await client.close()
+    for setup in setups:
+        runs = setup.out["w_seq"]
+        setup.out["wf_per_s_median"] = round(statistics.median(r["wf_per_s"] for r in runs), 1)
+        pids = bx.coda_pids(setup.cluster, setup.supervisor)
+        setup.out["rss_mib"] = {f"n{i + 1}": rss_mib(pid) for i, pid in enumerate(pids["nodes"])}
 
 
 def measure(*, stored: int, shards: int, workflows: int, repeat: int, timeout_s: float) -> dict:
-    """Both clusters; the report (without saving it)."""
+    """Both clusters, up at once, their trials alternating; the report (not saved)."""
     args = argparse.Namespace(stored=stored, shards=shards, workflows=workflows,
                               repeat=repeat, timeout=timeout_s)
-    with tempfile.TemporaryDirectory(prefix="coda-bench-empty-") as root:
-        empty = run_cluster(args, root, 0)
-    with tempfile.TemporaryDirectory(prefix="coda-bench-stored-") as root:
-        seeded = run_cluster(args, root, stored)
+    with tempfile.TemporaryDirectory(prefix="coda-bench-empty-") as empty_root, \
+            tempfile.TemporaryDirectory(prefix="coda-bench-stored-") as stored_root:
+        setups = [Setup(args, empty_root, 0), Setup(args, stored_root, stored)]
+        try:
+            for setup in reversed(setups):  # seeding first, on an otherwise idle machine
+                setup.start()
+            asyncio.run(alternating_trials(args, setups))
+        finally:
+            for setup in setups:
+                setup.close()
+    empty, seeded = setups[0].out, setups[1].out
     return {"benchmark": "stored workflows", "settings": vars(args),
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "git": bx.git_facts(), "empty": empty, "stored": seeded,
