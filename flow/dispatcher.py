@@ -303,13 +303,14 @@ class ShardDispatcher:
         state (the caller runs after the commit)."""
         budget = [limits.task_history_bytes_per_message_max]
         with self.replica.store.read() as txn:
-            message = pb.Dispatches(items=[
+            dispatches = [
                 dispatch_of(txn, item, session.history_after(item)) if item["kind"] == "wft"
                 else _with_run_history(txn, session, item, dispatch_of(txn, item), budget)
-                for item in assigned])
-        session.send(pb.FlowMessage(dispatches=message))
+                for item in assigned]
+        for items in split_by_bytes(dispatches, limits.dispatch_message_bytes_max):
+            session.send(pb.FlowMessage(dispatches=pb.Dispatches(items=items)))
+            metrics.child(metrics.dispatch_batch_items, str(self.shard)).observe(len(items))
         metrics.child(metrics.dispatched, str(self.shard)).inc(len(assigned))
-        metrics.child(metrics.dispatch_batch_items, str(self.shard)).observe(len(assigned))
 
     # --- timers --------------------------------------------------------------------------
     async def _timer_loop(self) -> None:
@@ -497,18 +498,44 @@ def _with_run_history(txn, session: Session, item: dict, dispatch: pb.Dispatch,
     return dispatch
 
 
+def split_by_bytes(dispatches: list, bytes_max: int) -> list[list]:
+    """`dispatches` in order, in groups of at most bytes_max serialized bytes (a larger
+    one alone)."""
+    groups, current, current_bytes = [], [], 0
+    for dispatch in dispatches:
+        size_bytes = dispatch.ByteSize()
+        if current and current_bytes + size_bytes > bytes_max:
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append(dispatch)
+        current_bytes += size_bytes
+    if current:
+        groups.append(current)
+    return groups
+
+
 def dispatch_of(txn, item: dict, history_after_event_id: int = 0) -> pb.Dispatch:
     """The Dispatch message of a committed assignment, from the committed state."""
     wid, run_id = item["workflow_id"], item["run_id"]
     if item["kind"] == "wft":
         started = codec.unpack(txn.get(keys.HISTORY, keys.history_key(wid, run_id, 1)))
-        events = []
+        # The tail must fit one gRPC message beside the run's input; past that (or the
+        # cap) it goes empty, marked as starting after the last event, and the
+        # supervisor fetches the whole history (Supervisor._start_after_fetch).
+        tail_bytes_max = min(limits.wft_history_tail_bytes_max,
+                             limits.grpc_message_bytes_max - len(started["input"] or b"")
+                             - limits.command_envelope_bytes_max)
+        events, tail_bytes = [], 0
         start = keys.history_key(wid, run_id, history_after_event_id + 1)
         for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(wid, run_id),
                                start=start):
             event = codec.unpack(raw)
             if event["event_id"] > item["history_length"]:
                 break  # what the assignment saw, even if more was appended since
+            tail_bytes += len(raw)
+            if tail_bytes > tail_bytes_max:
+                events, history_after_event_id = [], item["history_length"]
+                break
             events.append(event)
         return pb.Dispatch(
             workflow_id=wid, run_id=run_id, task_key="", type_name=item["workflow_type"],

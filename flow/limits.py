@@ -52,6 +52,14 @@ chained_wft_clock_skew_ms = 1000
 task_history_events_max = 64
 task_history_bytes_max = 64 * KIB
 task_history_bytes_per_message_max = 1024 * KIB   # over all tasks of one dispatches message
+# A `dispatches` message holds items up to this many bytes (one item more than this goes
+# alone: an item fits a gRPC message by itself, inputs being payloads). Before, an assign
+# of big items went as one message past the gRPC limit: the stream broke, the supervisor's
+# hello re-queued them, and the next assign grouped them again.
+dispatch_message_bytes_max = 4 * MIB
+# The history tail a workflow task's dispatch carries; past it (or past what the gRPC
+# message leaves beside the run's input), none: the supervisor fetches the history.
+wft_history_tail_bytes_max = 2 * MIB
 # Completions whose proposer gave up before their effects came, remembered so late
 # effects take back the eager credit returned for them (flow.dispatcher.settle_eager).
 eager_settled_remembered_max = 10_000

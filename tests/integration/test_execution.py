@@ -331,6 +331,24 @@ async def x_lost():
         return {"error_type": failure.error_type}
 '''
 
+BIG_HISTORY = RECORDER + '''
+import coda
+
+
+@coda.task(name="x_blob")
+def x_blob(i):
+    return "b" * 60_000
+
+
+@coda.workflow(name="x_big_history")
+async def x_big_history(n):
+    sizes = []
+    for i in range(n):
+        sizes.append(len(await coda.context.spawn_task(x_blob, args={"i": i})))
+    go = await coda.context.wait_signal("go")
+    return [sum(sizes), go]
+'''
+
 STARVED_DECLARED = '''
 import coda
 
@@ -774,6 +792,39 @@ def test_a_task_whose_last_attempt_dies_with_its_supervisor_fails_and_the_workfl
         (failed,) = of_type(handle.history(), "TaskFailed")
         assert failed["attempt"] == 1 and failed["error"]["type"] == "SupervisorLost"
         assert len(env.records(handle.workflow_id)) == 1
+    finally:
+        for sup in (first, second):
+            if sup is not None:
+                sup.close()
+
+
+def test_a_workflow_task_whose_history_outgrows_its_dispatch_is_fetched(env):
+    """A run's history past limits.wft_history_tail_bytes_max (2 MiB; here 40 results of
+    60 KB) is not put in a workflow task's dispatch (flow.dispatcher.dispatch_of): a
+    supervisor that has none of it fetches it page by page, and the run goes on."""
+    first = env.supervisor_of("bighist-1", "bighist_flows", BIG_HISTORY).start()
+    second = None
+    try:
+        first.wait_connected()
+        handle = env.start("x_big_history", {"n": 40})
+
+        def waiting_for_the_signal() -> bool:
+            history = handle.history()
+            return (len(of_type(history, "TaskCompleted")) == 40
+                    and history[-1]["type"] == "WorkflowTaskCompleted")
+        wait_for(waiting_for_the_signal, 60, "40 tasks, then the wait for the signal")
+        first.close()  # a new supervisor: it holds none of the run's 2.4 MB history
+        second = env.supervisor_of("bighist-2", "bighist_flows", BIG_HISTORY).start()
+        second.wait_connected()
+        handle.signal("go", "go")
+        assert handle.result(timeout=RESULT_TIMEOUT_S) == [40 * 60_000, "go"]
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{second.health_port}/metrics",
+                                    timeout=5) as answer:
+            text = answer.read().decode()
+        fetched = [line for line in text.splitlines()
+                   if line.startswith('coda_supervisor_history_fetches_total{outcome="ok"')]
+        assert fetched and float(fetched[0].rsplit(" ", 1)[1]) >= 1, fetched
     finally:
         for sup in (first, second):
             if sup is not None:

@@ -1,0 +1,88 @@
+"""Dispatches stay within gRPC's message limit (flow.dispatcher): an assignment of big
+items goes as several `dispatches` messages, and a workflow task whose history tail
+would not fit beside its input goes without it (the supervisor fetches the history)."""
+
+from __future__ import annotations
+
+from coda.api import flow_pb2 as pb
+from coda.flow import limits
+from coda.flow.dispatcher import dispatch_of, split_by_bytes
+from coda.storage import codec, keys
+from coda.storage.env import LmdbOptions, ShardStore
+
+
+def _task(size: int) -> pb.Dispatch:
+    return pb.Dispatch(workflow_id="w", run_id="r", task_key=f"k{size}", input=b"x" * size)
+
+
+def test_big_dispatches_are_split_and_none_is_lost_or_reordered():
+    items = [_task(n) for n in (3_000_000, 3_000_000, 100, 5_000_000, 100, 100)]
+    groups = split_by_bytes(items, 4 * 1024 * 1024)
+    assert [d for g in groups for d in g] == items  # all of them, in order
+    assert [len(g) for g in groups] == [1, 2, 1, 2]
+    for group in groups:
+        size = sum(d.ByteSize() for d in group)
+        assert len(group) == 1 or size <= 4 * 1024 * 1024
+    assert split_by_bytes([], 100) == []
+
+
+def _store_with_history(tmp_path, events: list[dict]) -> ShardStore:
+    store = ShardStore(str(tmp_path / "lmdb"), LmdbOptions(sync=False, metasync=False))
+    batch = store.begin_batch()
+    batch.write([[keys.HISTORY, keys.history_key("w", "r", e["event_id"]), codec.pack(e)]
+                 for e in events])
+    batch.commit(1)
+    return store
+
+
+def _wft(history_length: int) -> dict:
+    return {"kind": "wft", "workflow_id": "w", "run_id": "r", "workflow_type": "t",
+            "attempt": 1, "workflow_attempt": 1, "start_time_ms": 0,
+            "history_length": history_length}
+
+
+def test_a_workflow_task_carries_its_history_tail_when_it_fits(tmp_path):
+    events = [{"event_id": 1, "type": "WorkflowExecutionStarted", "input": b"in"},
+              {"event_id": 2, "type": "TaskCompleted", "result": b"r" * 1000},
+              {"event_id": 3, "type": "WorkflowTaskScheduled"}]
+    store = _store_with_history(tmp_path, events)
+    try:
+        with store.read() as txn:
+            dispatch = dispatch_of(txn, _wft(3), 1)
+        assert dispatch.history_after_event_id == 1
+        assert [e["event_id"] for e in codec.unpack(dispatch.history)] == [2, 3]
+    finally:
+        store.close()
+
+
+def test_a_history_tail_too_big_for_one_message_is_left_to_a_fetch(tmp_path):
+    big = limits.wft_history_tail_bytes_max // 2 + 1
+    events = [{"event_id": 1, "type": "WorkflowExecutionStarted", "input": b"in"},
+              {"event_id": 2, "type": "TaskCompleted", "result": b"r" * big},
+              {"event_id": 3, "type": "TaskCompleted", "result": b"r" * big},
+              {"event_id": 4, "type": "WorkflowTaskScheduled"}]
+    store = _store_with_history(tmp_path, events)
+    try:
+        with store.read() as txn:
+            dispatch = dispatch_of(txn, _wft(4), 0)
+        # No tail, and "everything up to event 4 is yours already": a supervisor without
+        # it in its cache fetches the history (Supervisor._start_after_fetch).
+        assert codec.unpack(dispatch.history) == [] and dispatch.history_after_event_id == 4
+        assert dispatch.ByteSize() < limits.grpc_message_bytes_max
+    finally:
+        store.close()
+
+
+def test_the_tail_leaves_room_for_a_big_input(tmp_path):
+    # An input near the payload cap leaves less than the tail cap in one gRPC message.
+    big_input = b"i" * (limits.payload_bytes_max - 1000)
+    events = [{"event_id": 1, "type": "WorkflowExecutionStarted", "input": big_input},
+              {"event_id": 2, "type": "TaskCompleted", "result": b"r" * (200 * 1024)}]
+    store = _store_with_history(tmp_path, events)
+    try:
+        with store.read() as txn:
+            dispatch = dispatch_of(txn, _wft(2), 0)
+        assert codec.unpack(dispatch.history) == [] and dispatch.history_after_event_id == 2
+        assert dispatch.ByteSize() < limits.grpc_message_bytes_max
+    finally:
+        store.close()
