@@ -481,12 +481,15 @@ def _with_run_history(txn, session: Session, item: dict, dispatch: pb.Dispatch,
     after = session.history_sent.get(run)
     if after is None or dispatch.heartbeat_timeout_ms:
         return dispatch
+    # What one gRPC message leaves beside the task's own args and heartbeat details.
+    room_bytes = (limits.grpc_message_bytes_max - limits.command_envelope_bytes_max
+                  - len(dispatch.input) - len(dispatch.heartbeat_details))
     events, size_bytes = [], 0
     for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(*run),
                            start=keys.history_key(*run, after + 1)):
         size_bytes += len(raw)
         if (len(events) >= limits.task_history_events_max
-                or size_bytes > min(limits.task_history_bytes_max, budget[0])):
+                or size_bytes > min(limits.task_history_bytes_max, budget[0], room_bytes)):
             return dispatch
         events.append(codec.unpack(raw))
     budget[0] -= size_bytes

@@ -86,3 +86,27 @@ def test_the_tail_leaves_room_for_a_big_input(tmp_path):
         assert dispatch.ByteSize() < limits.grpc_message_bytes_max
     finally:
         store.close()
+
+
+def test_a_tasks_run_history_gives_way_to_args_at_the_payload_cap(tmp_path):
+    """A task dispatch carries its run's news for chaining only where one gRPC message
+    still holds args, heartbeat details and the news together."""
+    from coda.flow.dispatcher import Session, _with_run_history
+    events = [{"event_id": 1, "type": "WorkflowExecutionStarted", "input": b"in"},
+              {"event_id": 2, "type": "TaskScheduled", "note": b"n" * 40_000}]
+    store = _store_with_history(tmp_path, events)
+    item = {"kind": "task", "workflow_id": "w", "run_id": "r", "key": "k", "attempt": 1}
+    try:
+        for args_bytes, carried in ((1000, True), (limits.payload_bytes_max, False)):
+            session = Session("s1", ("q",), credit=1)
+            session.history_sent[("w", "r")] = 1
+            dispatch = pb.Dispatch(workflow_id="w", run_id="r", task_key="k",
+                                   input=b"a" * args_bytes,
+                                   heartbeat_details=b"h" * limits.task_heartbeat_details_bytes_max)
+            with store.read() as txn:
+                dispatch = _with_run_history(txn, session, item, dispatch,
+                                             [limits.task_history_bytes_per_message_max])
+            assert bool(dispatch.history) is carried, args_bytes
+            assert dispatch.ByteSize() < limits.grpc_message_bytes_max
+    finally:
+        store.close()
