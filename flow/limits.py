@@ -169,6 +169,11 @@ broadcast_watchers_per_shard_max = 1000
 broadcast_watch_queue_max = 10_000
 history_page_size_default = 1000
 history_page_size_max = 10_000
+# A history page also stops at this many bytes of events (at least one event each): a
+# page by count alone of big events passed gRPC's message limit, and a supervisor
+# fetching such a history (a workflow task whose tail did not fit its dispatch) failed
+# the workflow task on every retry.
+history_page_bytes_max = 4 * MIB
 
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + 8 <= lmdb_key_bytes_max
 assert len("task/") + type_name_bytes_max + 1 + 8 <= lmdb_key_bytes_max

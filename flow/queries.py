@@ -105,13 +105,15 @@ def history(txn: Txn, workflow_id: str, run_id: str) -> list[dict]:
 
 def history_page(txn: Txn, workflow_id: str, run_id: str | None, *, after_event_id: int,
                  page_size: int) -> dict:
-    """{run_id, events (event_id > after_event_id, at most page_size), more}."""
+    """{run_id, events (event_id > after_event_id, at most page_size and, past the first
+    event, limits.history_page_bytes_max of them), more}."""
     record = describe(txn, workflow_id, run_id)
     prefix = keys.history_prefix(workflow_id, record["run_id"])
     start = keys.history_key(workflow_id, record["run_id"], after_event_id + 1)
-    events = []
+    events, page_bytes = [], 0
     for _, raw in txn.scan(keys.HISTORY, prefix=prefix, start=start):
-        if len(events) >= page_size:
+        page_bytes += len(raw)
+        if len(events) >= page_size or (events and page_bytes > limits.history_page_bytes_max):
             return {"run_id": record["run_id"], "events": events, "more": True}
         events.append(codec.unpack(raw))
     return {"run_id": record["run_id"], "events": events, "more": False}

@@ -799,25 +799,26 @@ def test_a_task_whose_last_attempt_dies_with_its_supervisor_fails_and_the_workfl
 
 
 def test_a_workflow_task_whose_history_outgrows_its_dispatch_is_fetched(env):
-    """A run's history past limits.wft_history_tail_bytes_max (2 MiB; here 40 results of
-    60 KB) is not put in a workflow task's dispatch (flow.dispatcher.dispatch_of): a
-    supervisor that has none of it fetches it page by page, and the run goes on."""
+    """A run's history past limits.wft_history_tail_bytes_max (2 MiB; here 150 results of
+    60 KB, 9 MB: more than one gRPC message) is not put in a workflow task's dispatch
+    (flow.dispatcher.dispatch_of): a supervisor that has none of it fetches it in pages
+    bounded by bytes (limits.history_page_bytes_max), and the run goes on."""
     first = env.supervisor_of("bighist-1", "bighist_flows", BIG_HISTORY).start()
     second = None
     try:
         first.wait_connected()
-        handle = env.start("x_big_history", {"n": 40})
+        handle = env.start("x_big_history", {"n": 150})
 
         def waiting_for_the_signal() -> bool:
             history = handle.history()
-            return (len(of_type(history, "TaskCompleted")) == 40
+            return (len(of_type(history, "TaskCompleted")) == 150
                     and history[-1]["type"] == "WorkflowTaskCompleted")
-        wait_for(waiting_for_the_signal, 60, "40 tasks, then the wait for the signal")
-        first.close()  # a new supervisor: it holds none of the run's 2.4 MB history
+        wait_for(waiting_for_the_signal, 90, "150 tasks, then the wait for the signal")
+        first.close()  # a new supervisor: it holds none of the run's 9 MB history
         second = env.supervisor_of("bighist-2", "bighist_flows", BIG_HISTORY).start()
         second.wait_connected()
         handle.signal("go", "go")
-        assert handle.result(timeout=RESULT_TIMEOUT_S) == [40 * 60_000, "go"]
+        assert handle.result(timeout=RESULT_TIMEOUT_S) == [150 * 60_000, "go"]
         import urllib.request
         with urllib.request.urlopen(f"http://127.0.0.1:{second.health_port}/metrics",
                                     timeout=5) as answer:
