@@ -174,6 +174,9 @@ history_page_size_max = 10_000
 # fetching such a history (a workflow task whose tail did not fit its dispatch) failed
 # the workflow task on every retry.
 history_page_bytes_max = 4 * MIB
+# A ListWorkflows page (its items carry their results) stops at this many bytes, split
+# over the shards' pages and cut again where they merge (at least one item a page).
+list_page_bytes_max = 4 * MIB
 
 assert workflow_id_bytes_max + 1 + run_id_bytes_max + 1 + 8 <= lmdb_key_bytes_max
 assert len("task/") + type_name_bytes_max + 1 + 8 <= lmdb_key_bytes_max

@@ -61,10 +61,12 @@ def merge(shard_pages: list[dict], page_size: int,
 
 
 def merge_ordered(shard_pages: list[dict], page_size: int, key,
-                  descending: bool = False) -> tuple[list, bytes | None]:
+                  descending: bool = False, size_of=None,
+                  bytes_max: int | None = None) -> tuple[list, bytes | None]:
     """The same over byte cursor keys (`key(item)`), ascending or descending: the merged
     page holds only items no further than the nearest resume_after of a shard that
-    did not reach its end."""
+    did not reach its end; and, given `size_of` and `bytes_max`, no more items than fit
+    in bytes_max (at least one)."""
     bounds = [p["resume_after"] for p in shard_pages if not p["exhausted"]]
     bound = (max(bounds) if descending else min(bounds)) if bounds else None
     items = sorted((item for p in shard_pages for item in p["items"]), key=key,
@@ -72,6 +74,13 @@ def merge_ordered(shard_pages: list[dict], page_size: int, key,
     if bound is not None:
         items = [item for item in items if (key(item) >= bound if descending
                                             else key(item) <= bound)]
+    if size_of is not None and bytes_max is not None:
+        total = 0
+        for i, item in enumerate(items):
+            total += size_of(item)
+            if i and total > bytes_max:
+                page_size = min(page_size, i)
+                break
     if len(items) > page_size:
         items = items[:page_size]
         return items, key(items[-1])

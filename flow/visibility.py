@@ -84,21 +84,37 @@ def cursor_key(order: str, workflow_id: str, start_time_ms: int, close_time_ms: 
 
 
 def list_page(txn: Txn, *, order: str, after: bytes, flt: ListFilter, page_size: int,
-              scan_max: int) -> dict:
+              scan_max: int, bytes_max: int | None = None) -> dict:
     """Current runs matching `flt` that come after cursor key `after` (b"": from the
     start) in `order`. Returns {"items": [record], "resume_after": cursor key or None,
-    "exhausted": bool}: every match up to resume_after (in order) was returned."""
+    "exhausted": bool}: every match up to resume_after (in order) was returned. At most
+    page_size items and, past the first, bytes_max of them (listed_bytes)."""
     items: list[dict] = []
-    scanned = 0
+    scanned, page_bytes = 0, 0
     last: bytes | None = None
     for cursor, record in _candidates(txn, order, after, flt):
         if scanned >= scan_max or len(items) >= page_size:
             return {"items": items, "resume_after": last, "exhausted": False}
+        matched = record is not None and flt.matches(record)
+        if matched and bytes_max is not None:
+            page_bytes += listed_bytes(record)
+            if items and page_bytes > bytes_max:  # this one starts the next page
+                return {"items": items, "resume_after": last, "exhausted": False}
         scanned += 1
         last = cursor
-        if record is not None and flt.matches(record):
+        if matched:
             items.append(record)
     return {"items": items, "resume_after": last, "exhausted": True}
+
+
+LISTED_ITEM_BYTES = 1024  # a listed run's ids, type, times and statuses, over-counted
+
+
+def listed_bytes(record: dict) -> int:
+    """What a run takes in a ListWorkflows answer: its result and failure, and the rest."""
+    failure = record.get("failure")
+    return (len(record.get("result") or b"") + LISTED_ITEM_BYTES
+            + (len(str(failure)) if failure else 0))
 
 
 def _candidates(txn: Txn, order: str, after: bytes, flt: ListFilter):

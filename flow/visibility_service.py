@@ -134,7 +134,8 @@ class VisibilityRpcs:
             for shard in range(self.cfg.shards)))
         items, next_after = listing.merge_ordered(
             list(pages), page_size, key=lambda info: info_cursor(order, info),
-            descending=visibility.descending(order))
+            descending=visibility.descending(order), size_of=lambda info: info.ByteSize(),
+            bytes_max=limits.list_page_bytes_max)
         return pb.ListWorkflowsResponse(
             workflows=items, next_page_token=listing.encode_cursor(order, next_after, fingerprint)
             if next_after is not None else b"")
@@ -191,7 +192,8 @@ async def list_shard(router, shard: int, context, order: str, flt: visibility.Li
     async def local(replica):
         page = await replica.read(lambda txn: visibility.list_page(
             txn, order=order, after=after, flt=flt, page_size=page_size,
-            scan_max=limits.list_scan_records_max))
+            scan_max=limits.list_scan_records_max,
+            bytes_max=limits.list_page_bytes_max // router.cfg.shards))
         return dict(page, items=[workflow_info(r, shard) for r in page["items"]])
 
     async def remote(address):

@@ -92,3 +92,50 @@ def test_big_items_assigned_together_all_reach_the_supervisor(tmp_path):
             if sup is not None:
                 sup.close()
         cluster.close()
+
+
+RESULTS = '''
+import coda
+
+
+@coda.workflow(name="big_result")
+async def big_result(i):
+    return "y" * 1_900_000
+'''
+
+
+def test_runs_with_big_results_are_listed_in_pages_that_fit(tmp_path):
+    """ListWorkflows items carry their results: six of 1.9 MB on two shards used to make
+    one answer past gRPC's message limit. Pages now stop at limits.list_page_bytes_max
+    (split over the shards, cut again where they merge); every run is listed once."""
+    cluster = Cluster(str(tmp_path / "cluster"), shards=2)
+    supervisor = SupervisorProcess(
+        cluster, "big_results", root=str(tmp_path / "supervisor"), workers=1,
+        module_dir=write_module(tmp_path / "flows", "big_results", RESULTS))
+    try:
+        cluster.start()
+        cluster.wait_leaders()
+        supervisor.start()
+        supervisor.wait_connected()
+
+        async def run() -> tuple[list, int]:
+            async with coda.Client(cluster.address, timeout_s=60) as client:
+                for i in range(6):
+                    await client.execute_workflow("big_result", {"i": i},
+                                                  workflow_id=f"listed-{i}", timeout=60)
+                pages, token, listed = 0, b"", []
+                while True:
+                    items, token = await client.list_workflows(page_token=token,
+                                                               page_size=100)
+                    pages += 1
+                    listed += items
+                    if not token:
+                        return listed, pages
+
+        listed, pages = asyncio.run(run())
+        assert sorted(w["workflow_id"] for w in listed) == [f"listed-{i}" for i in range(6)]
+        assert pages >= 3  # 11.4 MB of results: not one 4 MiB page
+        assert all(coda.client.client.workflow_result(w) == "y" * 1_900_000 for w in listed)
+    finally:
+        supervisor.close()
+        cluster.close()

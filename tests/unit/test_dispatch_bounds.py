@@ -110,3 +110,19 @@ def test_a_tasks_run_history_gives_way_to_args_at_the_payload_cap(tmp_path):
             assert dispatch.ByteSize() < limits.grpc_message_bytes_max
     finally:
         store.close()
+
+
+def test_a_merged_list_page_is_cut_by_bytes_where_its_cursor_can_resume():
+    from coda.flow.listing import merge_ordered
+    pages = [{"items": [b"a" + b"x" * 10, b"c" + b"x" * 10], "exhausted": True,
+              "resume_after": None},
+             {"items": [b"b" + b"x" * 10, b"d" + b"x" * 10], "exhausted": True,
+              "resume_after": None}]
+    key = lambda item: item[:1]  # noqa: E731
+    items, after = merge_ordered(pages, 100, key, size_of=len, bytes_max=25)
+    assert items == [b"a" + b"x" * 10, b"b" + b"x" * 10] and after == b"b"
+    # One item bigger than the budget still makes a page (no page may be empty).
+    items, after = merge_ordered(pages, 100, key, size_of=len, bytes_max=5)
+    assert items == [b"a" + b"x" * 10] and after == b"a"
+    items, after = merge_ordered(pages, 100, key, size_of=len, bytes_max=1000)
+    assert len(items) == 4 and after is None
