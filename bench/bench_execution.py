@@ -128,6 +128,31 @@ def descendants(pids: list[int]) -> set[int]:
     return out
 
 
+class WorkloadCluster:
+    """A 3-node cluster and one supervisor with 2 workers running bench/workloads.py:
+    what bench_perf and bench_stored measure (bench_stored seeds `cluster` before start)."""
+
+    def __init__(self, root: str, shards: int, *, name: str = "bench",
+                 raft: dict | None = None):
+        self.name = name
+        self.cluster = Cluster(root, shards=shards, raft=raft)
+        self.supervisor = SupervisorProcess(self.cluster, "workloads", root=root, workers=2,
+                                            module_dir=HERE,
+                                            supervisor_id=f"{name}-supervisor")
+
+    def start(self) -> None:
+        self.cluster.start()
+        self.cluster.wait_leaders(timeout_s=120)
+        self.supervisor.start()
+        self.supervisor.wait_connected(timeout_s=120)
+
+    def close(self) -> None:
+        try:
+            self.supervisor.close()
+        finally:
+            self.cluster.close()
+
+
 def coda_pids(cluster: Cluster, supervisor: SupervisorProcess) -> dict[str, list[int]]:
     """role -> pids: the node processes, the supervisor, its workers (from /health), and any
     other process below them (should be none)."""

@@ -142,29 +142,6 @@ async def measure_cluster(args, cluster, supervisor, shards: int) -> dict:
     return out
 
 
-class _Side:
-    """One cluster (and supervisor) of the baseline pair."""
-
-    def __init__(self, name: str, root: str, shards: int, raft: dict | None):
-        self.name = name
-        self.cluster = bx.Cluster(root, shards=shards, raft=raft)
-        self.supervisor = bx.SupervisorProcess(self.cluster, "workloads", root=root, workers=2,
-                                               module_dir=HERE,
-                                               supervisor_id=f"bench-supervisor-{name}")
-
-    def start(self) -> None:
-        self.cluster.start()
-        self.cluster.wait_leaders(timeout_s=60)
-        self.supervisor.start()
-        self.supervisor.wait_connected(timeout_s=120)
-
-    def close(self) -> None:
-        try:
-            self.supervisor.close()
-        finally:
-            self.cluster.close()
-
-
 def run_baseline_pair(args) -> dict:
     """Both clusters up at once and their trials taking turns: measured one after the
     other, the ratio compared two moments of this drifting machine (x1.21, x1.08 and
@@ -172,8 +149,9 @@ def run_baseline_pair(args) -> dict:
     shards = args.baseline_shards
     with tempfile.TemporaryDirectory(prefix="coda-bench-ws-") as root_ws, \
             tempfile.TemporaryDirectory(prefix="coda-bench-cmd-") as root_cmd:
-        sides = [_Side("write_sets", root_ws, shards, None),
-                 _Side("commands", root_cmd, shards, {"replicate_write_sets": False})]
+        sides = [bx.WorkloadCluster(root_ws, shards, name="write_sets"),
+                 bx.WorkloadCluster(root_cmd, shards, name="commands",
+                                    raft={"replicate_write_sets": False})]
         try:
             print(f"baseline pair ({shards} shards): write sets and commands, side by side ...",
                   flush=True)
@@ -215,24 +193,18 @@ async def _alternate(args, sides: list) -> dict:
 
 def run_cluster(args, shards: int, with_failover: bool, raft: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="coda-bench-perf-") as root:
-        cluster = bx.Cluster(root, shards=shards, raft=raft)
-        supervisor = bx.SupervisorProcess(cluster, "workloads", root=root, workers=2,
-                                          module_dir=HERE, supervisor_id="bench-supervisor")
+        bench = bx.WorkloadCluster(root, shards, raft=raft)
         try:
             print(f"{shards} shard(s){' ' + str(raft) if raft else ''}: starting 3 nodes "
                   "and a supervisor ...", flush=True)
-            cluster.start()
-            cluster.wait_leaders(timeout_s=60)
-            supervisor.start()
-            supervisor.wait_connected(timeout_s=120)
-            result = asyncio.run(measure_cluster(args, cluster, supervisor, shards))
+            bench.start()
+            result = asyncio.run(measure_cluster(args, bench.cluster, bench.supervisor, shards))
             if with_failover:
                 print("  failover: kill -9 of shard 0's leader under W-seq ...", flush=True)
-                result["failover"] = asyncio.run(failover(cluster, args.failover_load,
+                result["failover"] = asyncio.run(failover(bench.cluster, args.failover_load,
                                                           args.timeout))
         finally:
-            supervisor.close()
-            cluster.close()
+            bench.close()
     return result
 
 

@@ -135,16 +135,13 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-class Setup:
+class Setup(bx.WorkloadCluster):
     """One cluster of the comparison (empty or seeded) and its supervisor."""
 
     def __init__(self, args, root: str, stored: int):
-        self.label = "stored" if stored else "empty"
+        super().__init__(root, args.shards, name="stored" if stored else "empty")
+        self.label = self.name
         self.stored = stored
-        self.cluster = bx.Cluster(root, shards=args.shards)
-        self.supervisor = bx.SupervisorProcess(self.cluster, "workloads", root=root, workers=2,
-                                               module_dir=HERE,
-                                               supervisor_id=f"bench-supervisor-{self.label}")
         self.out: dict = {"w_seq": []}
         self.root = root
 
@@ -154,16 +151,7 @@ class Setup:
                   "shards x 3 replicas ...", flush=True)
             self.out["seed"] = seed(self.cluster, self.stored, self.root)
             print(f"  seeded in {self.out['seed']['seconds']} s", flush=True)
-        self.cluster.start()
-        self.cluster.wait_leaders(timeout_s=120)
-        self.supervisor.start()
-        self.supervisor.wait_connected(timeout_s=120)
-
-    def close(self) -> None:
-        try:
-            self.supervisor.close()
-        finally:
-            self.cluster.close()
+        super().start()
 
 
 async def alternating_trials(args, setups: list[Setup]) -> None:

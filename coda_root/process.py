@@ -5,7 +5,7 @@
 `tune_gc()`: CPython's cyclic collector runs a young-generation pass every 700 net
 container allocations. A Flow node decodes and builds thousands of msgpack lists and
 dicts per second, so under load the collector ran hundreds of times a second
-(`gc_collect_main` was ~4 % of a leader's native profile samples under W-seq), almost
+(`gc_collect_main` was ~9 % of the nodes' native profile samples under W-seq), almost
 always finding nothing: Coda's hot paths make few reference cycles. A larger first
 threshold makes each pass rarer; `gc.freeze()` moves what start-up built (modules,
 config, protobuf descriptors) out of every later pass. Memory stays bounded: a cycle

@@ -95,12 +95,14 @@ class ShardDispatcher:
         self._claimed: set[tuple[str, int]] = set()  # queue entries in an assign in flight
         self._assigning: set[asyncio.Task] = set()    # assigns proposed, not yet settled
         self._firing: set[bytes] = set()
-        self._eager_used: dict[str, int] = {}  # completion request id -> items it assigned
+        # Assignments made by a command, by its id (a completion's or start's request id,
+        # or an `assign`'s dispatch id) -> items, until its proposer settles the credit.
+        self._eager_used: dict[str, int] = {}
         # Requests settled before their effects came (the proposer timed out or was
         # cancelled; the command may still commit): their assignments take credit back.
         self._eager_settled: OrderedDict[str, None] = OrderedDict()
-        # Eager assignments committed this loop turn, per session: one dispatches message
-        # each (the completions of one Raft entry settle in the same turn).
+        # Assignments committed this loop turn, per session: sent together (the commands
+        # of one Raft entry settle in the same turn), in messages bounded by bytes.
         self._eager_out: dict[str, tuple[Session, list]] = {}
         self._waiters: dict[str, set[asyncio.Future]] = {}
         self._waiting = 0

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from coda.flow import sm_common as c
+from coda.metric_labels import LabelChildren
 
 ROLE_VALUES = {"follower": 0, "candidate": 1, "leader": 2}
 
@@ -156,18 +157,9 @@ COMPLETION_OUTCOMES = ("accepted", "rejected", "error")
 ITEMS = ("task", "workflow_task")
 
 
-_children: dict = {}
-
-
-def child(family, *label_values):
-    """family.labels(*label_values), remembered: prometheus_client's labels() costs
-    microseconds (validation, a lock), paid per request on the hot path otherwise
-    (~4 % of a leader's event loop under W-seq, #8). Label sets are few and fixed."""
-    key = (id(family), label_values)
-    found = _children.get(key)
-    if found is None:
-        found = _children[key] = family.labels(*label_values)
-    return found
+# family.labels(*values), remembered (coda.metric_labels): the families above live as
+# long as the process.
+child = LabelChildren()
 
 
 def init_shard(shard_label: str) -> None:

@@ -51,6 +51,7 @@ _LENGTH = struct.Struct("i")  # pysyncobj's frame length prefix (native int), ke
 _NONCE_BYTES = 12
 _COUNTER_LIMIT = 2 ** 32
 _HEAD_BYTES = _TIMESTAMP.size + _NONCE_BYTES
+_TAG_BYTES = 16  # AES-GCM's authentication tag
 
 
 class RaftCipher:
@@ -77,17 +78,21 @@ class RaftCipher:
 
     @staticmethod
     def timestamp_of(frame: bytes) -> int:
-        if len(frame) < _HEAD_BYTES + 16:
-            raise ValueError(f"a Raft frame of {len(frame)} bytes is too short")
+        _check_length(frame)
         return _TIMESTAMP.unpack_from(frame)[0]
 
     def open(self, frame: bytes) -> bytes:
         """The plaintext; raises (cryptography's InvalidTag) unless the frame was sealed
         under this key, unaltered, timestamp included."""
-        if len(frame) < _HEAD_BYTES + 16:
-            raise ValueError(f"a Raft frame of {len(frame)} bytes is too short")
+        _check_length(frame)
         return self._aead.decrypt(frame[_TIMESTAMP.size:_HEAD_BYTES], frame[_HEAD_BYTES:],
                                   frame[:_TIMESTAMP.size])
+
+
+def _check_length(frame: bytes) -> None:
+    if len(frame) < _HEAD_BYTES + _TAG_BYTES:
+        raise ValueError(f"a Raft frame of {len(frame)} bytes is too short "
+                         f"(at least {_HEAD_BYTES + _TAG_BYTES})")
 
 
 @functools.lru_cache(maxsize=4)

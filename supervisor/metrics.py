@@ -24,6 +24,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Inf
                                ProcessCollector, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from coda.metric_labels import LabelChildren
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 BATCH_ITEMS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
@@ -35,7 +37,9 @@ OUTCOMES = ("completed", "failed", "timed_out", "worker_died", "shutdown")
 class SupervisorMetrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict = {}
+        # family.labels(*values), remembered (coda.metric_labels), for this registry's
+        # families: memoized per instance, as they die with it.
+        self.child = LabelChildren()
         self._define_session_families()
         self._define_item_families()
         self._define_read_families()
@@ -147,16 +151,6 @@ class SupervisorMetrics:
                        self.dispatch_batch_items, self.completion_batch_items,
                        self.completion_ack_seconds):
             family.labels(str(shard))
-
-    def child(self, family, *label_values):
-        """family.labels(*label_values), remembered: labels() validates and locks on
-        every call (~8 % of the supervisor's samples under W-seq, several per item).
-        Label sets are few and bounded (module docstring)."""
-        key = (id(family), label_values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = family.labels(*label_values)
-        return found
 
     def item_finished(self, is_workflow_task: bool, outcome: str, seconds: float) -> None:
         item = "workflow_task" if is_workflow_task else "task"

@@ -4,6 +4,8 @@ would not fit beside its input goes without it (the supervisor fetches the histo
 
 from __future__ import annotations
 
+import pytest
+
 from coda.api import flow_pb2 as pb
 from coda.flow import limits
 from coda.flow.dispatcher import dispatch_of, split_by_bytes
@@ -55,34 +57,26 @@ def test_a_workflow_task_carries_its_history_tail_when_it_fits(tmp_path):
         store.close()
 
 
-def test_a_history_tail_too_big_for_one_message_is_left_to_a_fetch(tmp_path):
-    big = limits.wft_history_tail_bytes_max // 2 + 1
-    events = [{"event_id": 1, "type": "WorkflowExecutionStarted", "input": b"in"},
-              {"event_id": 2, "type": "TaskCompleted", "result": b"r" * big},
-              {"event_id": 3, "type": "TaskCompleted", "result": b"r" * big},
-              {"event_id": 4, "type": "WorkflowTaskScheduled"}]
+_BIG_TAIL = limits.wft_history_tail_bytes_max // 2 + 1
+
+
+@pytest.mark.parametrize("input_bytes, results_bytes", [
+    (2, [_BIG_TAIL, _BIG_TAIL]),                      # a tail past its cap
+    (limits.payload_bytes_max - 1000, [200 * 1024]),  # a tail under it, past the room an
+])                                                    # input near the payload cap leaves
+def test_a_history_tail_that_would_not_fit_is_left_to_a_fetch(tmp_path, input_bytes,
+                                                               results_bytes):
+    events = [{"event_id": 1, "type": "WorkflowExecutionStarted", "input": b"i" * input_bytes}]
+    events += [{"event_id": 2 + n, "type": "TaskCompleted", "result": b"r" * size}
+               for n, size in enumerate(results_bytes)]
     store = _store_with_history(tmp_path, events)
     try:
         with store.read() as txn:
-            dispatch = dispatch_of(txn, _wft(4), 0)
-        # No tail, and "everything up to event 4 is yours already": a supervisor without
-        # it in its cache fetches the history (Supervisor._start_after_fetch).
-        assert codec.unpack(dispatch.history) == [] and dispatch.history_after_event_id == 4
-        assert dispatch.ByteSize() < limits.grpc_message_bytes_max
-    finally:
-        store.close()
-
-
-def test_the_tail_leaves_room_for_a_big_input(tmp_path):
-    # An input near the payload cap leaves less than the tail cap in one gRPC message.
-    big_input = b"i" * (limits.payload_bytes_max - 1000)
-    events = [{"event_id": 1, "type": "WorkflowExecutionStarted", "input": big_input},
-              {"event_id": 2, "type": "TaskCompleted", "result": b"r" * (200 * 1024)}]
-    store = _store_with_history(tmp_path, events)
-    try:
-        with store.read() as txn:
-            dispatch = dispatch_of(txn, _wft(2), 0)
-        assert codec.unpack(dispatch.history) == [] and dispatch.history_after_event_id == 2
+            dispatch = dispatch_of(txn, _wft(len(events)), 0)
+        # No tail, and "everything up to the last event is yours already": a supervisor
+        # without it in its cache fetches the history (Supervisor._start_after_fetch).
+        assert codec.unpack(dispatch.history) == []
+        assert dispatch.history_after_event_id == len(events)
         assert dispatch.ByteSize() < limits.grpc_message_bytes_max
     finally:
         store.close()
