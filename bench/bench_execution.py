@@ -601,6 +601,22 @@ def print_table(r: dict) -> None:
               "figures miss the processes that died")
 
 
+def raft_setting(text: str) -> tuple[str, object]:
+    """NAME=VALUE of --raft: true/false, an int or a float, else the string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--raft takes NAME=VALUE, not {text!r}")
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return name.strip(), lowered == "true"
+    for kind in (int, float):
+        try:
+            return name.strip(), kind(raw)
+        except ValueError:
+            pass
+    return name.strip(), raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflows", type=int, default=500,
@@ -624,6 +640,9 @@ def main() -> None:
                         "slows the processes a little: compare profiled runs with profiled)")
     parser.add_argument("--client-call", choices=CLIENT_CALLS, default="execute",
                         help="How the bench client runs each workflow (see CLIENT_CALLS)")
+    parser.add_argument("--raft", metavar="NAME=VALUE", action="append", default=[],
+                        type=raft_setting, help="A [raft] setting of the nodes (A/B runs), "
+                        "e.g. answer_before_lmdb_commit=false; repeatable")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     global client_call
@@ -633,7 +652,7 @@ def main() -> None:
 
     began, load_at_start = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="coda-bench-exec-") as root:
-        cluster = Cluster(root, shards=args.shards)
+        cluster = Cluster(root, shards=args.shards, raft=dict(args.raft) or None)
         supervisor = SupervisorProcess(cluster, "workloads", root=root, workers=args.workers,
                                        module_dir=HERE, slots=args.slots,
                                        supervisor_id="bench-supervisor")

@@ -68,6 +68,10 @@ class RaftTiming:
     # The leader runs each command once and replicates what it wrote (flow.speculation);
     # false: every replica runs every command (the baseline bench/bench_perf.py compares).
     replicate_write_sets: bool = True
+    # A leader answers an entry's proposer once the entry is committed (durable in a
+    # majority of journals), before LMDB's commit of it (flow.replica, CommittedView);
+    # false: after that commit, as before (for A/B benches).
+    answer_before_lmdb_commit: bool = True
 
 
 @dataclass(frozen=True)

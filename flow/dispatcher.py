@@ -125,7 +125,7 @@ class ShardDispatcher:
     def _activate(self) -> None:
         self.active = True
         now = time.monotonic()
-        with self.replica.store.read() as txn:
+        with self.replica.committed.read() as txn:
             for raw_key, _ in txn.scan(keys.ASSIGNMENTS):
                 sid = raw_key.split(keys.SEP, 1)[0].decode()
                 self._heard_s.setdefault(sid, now)
@@ -240,7 +240,7 @@ class ShardDispatcher:
                 continue
             start = next(self._rotation) % len(sessions)
             picks = []
-            with self.replica.store.read() as txn:
+            with self.replica.committed.read() as txn:
                 for session in sessions[start:] + sessions[:start]:
                     items = self._pick(txn, session)
                     if items:
@@ -304,7 +304,7 @@ class ShardDispatcher:
         """One `dispatches` message for committed assignments, built from the committed
         state (the caller runs after the commit)."""
         budget = [limits.task_history_bytes_per_message_max]
-        with self.replica.store.read() as txn:
+        with self.replica.committed.read() as txn:
             dispatches = [
                 dispatch_of(txn, item, session.history_after(item)) if item["kind"] == "wft"
                 else _with_run_history(txn, session, item, dispatch_of(txn, item), budget)
@@ -352,7 +352,7 @@ class ShardDispatcher:
         next one is due if none are."""
         due: dict[bytes, str] = {}
         current_ms = now_ms()
-        with self.replica.store.read() as txn:
+        with self.replica.committed.read() as txn:
             for key, raw in txn.scan(keys.TIMERS):
                 fire_ms = keys.timer_fire_ms(key)
                 if fire_ms > current_ms:

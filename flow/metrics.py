@@ -73,6 +73,12 @@ appended_entries = Counter(
     "Entries this replica appended as leader, by form: its write set (replicas make the "
     "writes) or its commands (every replica runs them; flow.speculation)", ["shard", "form"])
 ENTRY_FORMS = ("writes", "commands")
+answered_batches = Counter(
+    "coda_shard_answered_batches",
+    "Batches of committed results handed to proposers, by when: before the LMDB commit "
+    "of their entries (all of them this leader's own write sets; flow.replica) or after it",
+    ["shard", "when"])
+ANSWER_TIMES = ("before_lmdb_commit", "after_lmdb_commit")
 completions = Counter("coda_shard_completions",
                       "Completions from supervisors, by outcome (accepted, rejected, error)",
                       ["shard", "outcome"])
@@ -184,6 +190,8 @@ def init_shard(shard_label: str) -> None:
         appended_entries.labels(shard_label, form)
     for outcome in CHAINED_OUTCOMES:
         chained_workflow_tasks.labels(shard_label, outcome)
+    for when in ANSWER_TIMES:
+        answered_batches.labels(shard_label, when)
 
 
 def count_timers_fired(shard_label: str, kind: str, fired: int) -> None:

@@ -110,7 +110,7 @@ class OutboxCourier:
 
     def _pending(self) -> list[tuple[int, dict]]:
         out = []
-        with self.replica.store.read() as txn:
+        with self.replica.committed.read() as txn:
             for key, raw in txn.scan(keys.OUTBOX):
                 out.append((keys.from_u64(key), codec.unpack(raw)))
                 if len(out) >= limits.outbox_batch_max:

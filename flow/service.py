@@ -194,9 +194,9 @@ def forward_metadata() -> tuple:
 async def _closed_within(replica, waiter, workflow_id: str, run_id: str, wait_s: float):
     """The run's record once it is closed, waiting up to wait_s; None if it still runs.
     Local reads: this leader has just committed the start (or answered it from its
-    request table), so its LMDB holds the run; a closed run never changes again."""
+    request table), so its committed view holds the run; a closed run never changes."""
     def closed_record():
-        with replica.store.read() as txn:
+        with replica.committed.read() as txn:
             record = queries.describe(txn, workflow_id, run_id)
         return record if record["status"] != model.RUNNING else None
 
@@ -364,7 +364,7 @@ class FlowService(ScheduleRpcs, StateRpcs, VisibilityRpcs, pb_grpc.FlowServicer)
                         await asyncio.wait_for(asyncio.shield(waiter), wait_s)
                         # This leader committed the close and LMDB holds it: a closed run
                         # never changes again, so no barrier (a Raft round) is needed.
-                        with replica.store.read() as txn:
+                        with replica.committed.read() as txn:
                             record = queries.describe(txn, workflow_id, run)
                     except TimeoutError:
                         record = await replica.read(

@@ -54,7 +54,7 @@ class Speculation:
         self.enabled = enabled       # false: entries always go as commands
         self.pending = PendingWrites()
         self.active = False          # leading, with a pending view it can trust
-        self._answers: dict[int, tuple[int, dict]] = {}  # index -> (term, answer)
+        self._answers: dict[int, tuple] = {}  # index -> (term, answer, entry, items, writes)
         self._read = None            # (context manager, txn) of LMDB, for one tick
         label = str(shard)
         self._as_writes = metrics.appended_entries.labels(label, "writes")
@@ -124,8 +124,9 @@ class Speculation:
             return command
         entry = _REGULAR + raft_pickle.dumps((func_id, (encoded,)))
         # The entry object itself is kept: when it commits, the log hands this very
-        # object back (own_write_set), and its writes need no unpickling nor decoding.
-        self._answers[index] = (term, answer, entry, items)
+        # object back (own_write_set), and its writes need no unpickling nor decoding;
+        # the writes dict is what the event loop's CommittedView layers once it commits.
+        self._answers[index] = (term, answer, entry, items, writes)
         self._as_writes.inc()
         return entry
 
@@ -175,15 +176,15 @@ class Speculation:
             manager.__exit__(None, None, None)
 
     # --- committing ------------------------------------------------------------------------
-    def own_write_set(self, index: int, entry) -> tuple[int, list] | None:
-        """(term, write items) if `entry`, committed at `index`, is the very entry object
-        transform() returned for that index: this leader's own write set, whose decoded
-        form it still holds. Any other entry (another leader's, a command, one read back
-        from the journal) is None and is applied from its bytes."""
+    def own_write_set(self, index: int, entry) -> tuple[int, list, dict] | None:
+        """(term, write items, writes dict) if `entry`, committed at `index`, is the very
+        entry object transform() returned for that index: this leader's own write set,
+        whose decoded form it still holds. Any other entry (another leader's, a command,
+        one read back from the journal) is None and is applied from its bytes."""
         stored = self._answers.get(index)
         if stored is None or stored[2] is not entry:
             return None
-        return stored[0], stored[3]
+        return stored[0], stored[3], stored[4]
 
     def answer(self, index: int, result: dict) -> dict:
         """What the proposer of the entry at `index` hears, given what applying it gave."""

@@ -74,7 +74,7 @@ class TwinApplier:
             # A copy of the same bytes is not the leader's own object: applied from bytes.
             assert self._spec.own_write_set(index, bytes(bytearray(entry))) is None
             if own is not None and index % 2 == 0:
-                applied = self._b.apply_own_write_set(index, *own)
+                applied = self._b.apply_own_write_set(index, *own[:2])
                 self.own_write_sets += 1
             else:
                 applied = self._b.apply(index, entry_data)

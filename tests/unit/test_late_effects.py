@@ -21,9 +21,12 @@ class FakeReplica:
     effects_listener = None
     commit_listener = None
 
+    def __init__(self):
+        self.committed = types.SimpleNamespace(add=lambda layers: None)
+
 
 def settle(replica, results) -> None:
-    ShardReplica._settle_batch(replica, results)
+    ShardReplica._settle_batch(replica, results, ())
 
 
 def test_effects_of_a_result_nobody_waits_for_are_still_acted_on():

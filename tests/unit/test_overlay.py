@@ -1,4 +1,5 @@
-"""Pending writes layered over LMDB (storage.overlay): reads must equal LMDB's own reads
+"""Pending writes layered over LMDB (storage.overlay, and the committed view of
+storage.committed): reads must equal LMDB's own reads
 after every write were made. Real LMDB; the write sequences come from hypothesis."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from coda.storage import keys
 from coda.storage.env import LmdbOptions, ShardStore
+from coda.storage.committed import CommittedView
 from coda.storage.overlay import OverlayTxn, PendingWrites
 
 DBS = (keys.QUEUES, keys.HISTORY)
@@ -42,8 +44,9 @@ def _write(store: ShardStore, entries, first_index: int) -> None:
     batch.commit(first_index + len(entries) - 1)
 
 
-def _view(txn) -> dict:
-    """Every read the state machine makes, over the test's key space."""
+def _view(txn, reverse: bool = False) -> dict:
+    """Every read the state machine makes, over the test's key space (and the reverse
+    scans listings make, for reads of committed state)."""
     out = {}
     for db in DBS:
         for key in (b"a", b"a\x00", b"a\x00b", b"ab", b"b", b"b\xff", b"c", b"\xff", b"zz"):
@@ -51,6 +54,9 @@ def _view(txn) -> dict:
         for prefix in PREFIXES:
             for start in (b"", b"a\x00", b"b"):
                 out[("scan", db, prefix, start)] = list(txn.scan(db, prefix=prefix, start=start))
+            for before in (None, b"a\x00", b"ab", b"b\xff", b"c") if reverse else ():
+                out[("scan_reverse", db, prefix, before)] = list(
+                    txn.scan_reverse(db, prefix=prefix, before=before))
     return out
 
 
@@ -81,6 +87,51 @@ def test_pending_writes_over_lmdb_read_as_lmdb_with_them_made(stores, entries, s
         assert _view(OverlayTxn(base, pending)) == want
     pending.drop_through(len(entries))
     assert len(pending) == 0 and pending.keys_from(DBS[0], b"", b"") is not None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=ENTRIES, split=st.integers(min_value=0, max_value=12),
+       lagging=st.integers(min_value=0, max_value=12))
+def test_a_committed_view_reads_as_lmdb_with_every_committed_entry_made(
+        stores, entries, split, lagging):
+    """A leader's event loop is told of entries [split, end) before LMDB holds them; LMDB
+    holds [0, split), then catches up, possibly past layers the view was not yet given
+    (`lagging` of them arrive late). Reads through the view always see every entry the
+    view was given, and never an older value over a newer one LMDB holds."""
+    split = min(split, len(entries))
+    expected, store = stores(None), stores(None)
+    _write(expected, entries, 1)
+    if split:
+        _write(store, entries[:split], 1)
+    layers = [(index, {(db, key): value for db, key, value in entry})
+              for index, entry in enumerate(entries, start=1)]
+    view = CommittedView(store)
+    view.add(layers[max(0, split - 2):])  # some it holds already: dropped when it reads
+    with expected.read() as want_txn:
+        want = _view(want_txn, reverse=True)
+    with view.read() as txn:
+        assert _view(txn, reverse=True) == want
+    # LMDB catches up while the view holds layers of only part of what it made.
+    if split < len(entries):
+        _write(store, entries[split:], split + 1)
+    late = CommittedView(store)
+    late.add(layers[:max(0, len(entries) - lagging)])
+    with late.read() as txn:
+        assert _view(txn, reverse=True) == want
+    assert len(late) == 0  # LMDB holds them all: every layer dropped on the read
+
+
+def test_a_committed_view_refuses_writes(stores):
+    store = stores("s")
+    _write(store, [[(keys.QUEUES, b"a", b"lmdb")]], 1)
+    view = CommittedView(store)
+    view.add([(2, {(keys.QUEUES, b"b"): b"layer"})])
+    with view.read() as txn:
+        assert list(txn.scan_reverse(keys.QUEUES)) == [(b"b", b"layer"), (b"a", b"lmdb")]
+        with pytest.raises(TypeError):
+            txn.put(keys.QUEUES, b"c", b"x")
+        with pytest.raises(TypeError):
+            txn.delete(keys.QUEUES, b"a")
 
 
 def test_a_commands_own_writes_come_first_and_deletes_hide(stores):
