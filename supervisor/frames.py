@@ -29,6 +29,58 @@ assert FRAME_BYTES_MAX < 2 ** (8 * HEADER.size)
 STREAM_LIMIT_BYTES = 1 * limits.MIB
 
 
+# A corked writer flushes at the end of the loop turn, or at once past this many bytes.
+CORK_BYTES_MAX = 256 * limits.KIB
+
+
+class CorkedWriter:
+    """Frames for one pipe, written together at the end of the event loop's turn.
+
+    The frames of one dispatch message (tens of items), or of tasks that finish in the
+    same turn, cost one write(2) and wake the reader once, not once each
+    (`StreamWriter.write` was 15 % of a supervisor's samples under W-seq, 8 % of a
+    worker's). No added wait: the flush is a callback of the turn that wrote first.
+    `drain` waits for the pipe as StreamWriter's does (what is corked is at most
+    CORK_BYTES_MAX); `flush` before anything that ends the process or the pipe."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self._parts: list[bytes] = []
+        self._bytes = 0
+        self._flush_due = False
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._bytes += len(data)
+        if self._bytes >= CORK_BYTES_MAX:
+            self.flush()
+        elif not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_at_end_of_turn)
+
+    def _flush_at_end_of_turn(self) -> None:
+        self._flush_due = False
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts.clear()
+        self._bytes = 0
+        self.writer.write(data)
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+
 class FrameError(CodaError):
     """A frame that can't be sent or read: too large, truncated, not a msgpack map."""
 

@@ -67,6 +67,10 @@ class _Process:
     in_flight: dict = field(default_factory=dict)   # item id -> item
     reader: asyncio.Task | None = None
     alive: bool = True       # False from its end of stream on: nothing more is routed to it
+    stdin: frames.CorkedWriter | None = None  # its frames: proc.stdin, one write a turn
+
+    def __post_init__(self):
+        self.stdin = frames.CorkedWriter(self.proc.stdin)
 
     @property
     def pid(self) -> int:
@@ -133,7 +137,7 @@ class WorkerPool:
                 "type": "FrameError", "message": str(exc), "stack": "", "non_retryable": True}})
             return
         slot.process.in_flight[item["id"]] = item
-        slot.process.proc.stdin.write(data)
+        slot.process.stdin.write(data)
 
     def cancel(self, item_id: str) -> None:
         for item in self._pending:
@@ -145,7 +149,7 @@ class WorkerPool:
                 return
         for slot in self._slots:
             if slot.live and item_id in slot.process.in_flight:
-                slot.process.proc.stdin.write(frames.encode_frame({"op": "cancel", "id": item_id}))
+                slot.process.stdin.write(frames.encode_frame({"op": "cancel", "id": item_id}))
                 return
 
     def send_all(self, frame: dict) -> None:
@@ -155,10 +159,10 @@ class WorkerPool:
                 self._send_to(slot.process, frame)
 
     def _send_to(self, process: _Process, frame: dict) -> None:
-        if not process.alive or process.proc.stdin.is_closing():
+        if not process.alive or process.stdin.is_closing():
             return
         try:
-            process.proc.stdin.write(frames.encode_frame(frame))
+            process.stdin.write(frames.encode_frame(frame))
         except frames.FrameError as exc:
             _log(f"dropped a {frame.get('op')!r} frame for worker pid {process.pid}: {exc}")
 
@@ -189,8 +193,8 @@ class WorkerPool:
                 slot.restart.cancel()
         processes = [s.process for s in self._slots if s.process is not None]
         for process in processes:
-            if process.proc.returncode is None and not process.proc.stdin.is_closing():
-                process.proc.stdin.write(frames.encode_frame({"op": "stop"}))
+            if process.proc.returncode is None and not process.stdin.is_closing():
+                process.stdin.write(frames.encode_frame({"op": "stop"}))
         readers = [p.reader for p in processes]
         if readers:
             _, late = await asyncio.wait(readers, timeout=max(deadline_s, 0))
@@ -278,7 +282,7 @@ class WorkerPool:
             process.proc.kill()
         process.alive = False
         code = await process.proc.wait()
-        process.proc.stdin.close()
+        process.stdin.close()
         if slot.process is process:
             slot.process = None
         if not self._stopping:

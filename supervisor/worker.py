@@ -428,7 +428,7 @@ def exit_now(code: int) -> None:
 
 class Channel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
+        self.reader, self.writer = reader, frames.CorkedWriter(writer)
 
     async def receive(self) -> dict | None:
         return await frames.read_frame(self.reader)
@@ -471,9 +471,10 @@ class Worker:
                 msg = await self.channel.receive()
             except frames.FrameError as exc:
                 log(f"the supervisor sent a malformed frame, exiting: {exc}")
+                self.channel.writer.flush()  # the results of work done before it
                 exit_now(2)
             if msg is None:
-                exit_now(0)
+                exit_now(0)  # the supervisor is gone: what is corked has no reader
             try:
                 await self.handle(msg)
             except Exception as exc:
@@ -526,6 +527,7 @@ class Worker:
         while self._suspended:
             await asyncio.gather(*list(self._suspended), return_exceptions=True)
         await self.tasks.wait_all()
+        self.channel.writer.flush()
         try:
             await self.channel.writer.drain()
         except ConnectionError:

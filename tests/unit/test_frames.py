@@ -94,3 +94,33 @@ def test_pipe_streams_carry_frames_both_ways():
     got_a, got_b = asyncio.run(run())
     assert got_a == {"op": "ready"}
     assert got_b["id"] == "w" and len(got_b["history"]) == 50_000
+
+
+def test_frames_written_in_one_turn_reach_a_real_pipe_in_one_write():
+    """CorkedWriter over a real pipe: three frames of one loop turn are one write(2)
+    (counted by the transport's writes), arrive whole and in order; a frame past
+    CORK_BYTES_MAX goes at once; close flushes what is corked."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        reader, writer = await frames.open_pipe_streams(read_fd, write_fd)
+        writes = []
+        real_write = writer.transport.write
+        writer.transport.write = lambda data: (writes.append(len(data)), real_write(data))
+        corked = frames.CorkedWriter(writer)
+        msgs = [{"op": "done", "id": f"t-{i}"} for i in range(3)]
+        for msg in msgs:
+            corked.write(frames.encode_frame(msg))
+        assert writes == []  # nothing yet: the turn is not over
+        got = [await frames.read_frame(reader) for _ in msgs]
+        assert got == msgs and len(writes) == 1
+        big = {"op": "done", "id": "big", "result": b"x" * frames.CORK_BYTES_MAX}
+        corked.write(frames.encode_frame(big))
+        assert len(writes) == 2  # past the cork's bound: written at once
+        assert await frames.read_frame(reader) == big
+        corked.write(frames.encode_frame({"op": "stop"}))
+        corked.close()
+        assert await frames.read_frame(reader) == {"op": "stop"}
+        assert await frames.read_frame(reader) is None  # closed after the flush
+        await loop.shutdown_asyncgens()
+    asyncio.run(run())
