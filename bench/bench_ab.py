@@ -9,6 +9,9 @@ medians, with B/A ratios.
     python bench/bench_ab.py --b answer_before_lmdb_commit=false --rounds 4
 
 `--a`/`--b` take [raft] settings (NAME=VALUE, repeatable), as bench_execution's --raft.
+`--b-tree DIR` runs side B's nodes, supervisor and workers from another checkout (say
+`git worktree add /tmp/before HEAD~1`): a directory of links shaped like the installed
+`coda` package goes first on their PYTHONPATH, ahead of the editable install's finder.
 Saves bench/results/ab-<time>.json.
 """
 
@@ -18,8 +21,10 @@ import argparse
 import asyncio
 import datetime
 import os
+import importlib
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,12 +93,42 @@ def print_table(rounds: list[dict], summary: dict) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
 
 
+def shadow_package(tree: str, into: str) -> str:
+    """A directory holding `coda` as the checkout `tree` would install it (links to its
+    folders, mapped as the editable install maps this checkout's); returns the path to
+    put on PYTHONPATH."""
+    finder = next((m for m in sys.modules if m.startswith("__editable__") and
+                   m.endswith("_finder")), None)
+    mapping = getattr(importlib.import_module(finder), "MAPPING", None) if finder else None
+    if not mapping:
+        raise SystemExit("--b-tree needs Coda installed editable (pip install -e .)")
+    root = os.path.dirname(HERE)
+    package = os.path.join(into, "coda")
+    os.makedirs(package)
+    top = os.path.join(tree, os.path.relpath(mapping["coda"], root))
+    for name in os.listdir(top):
+        if name != "__pycache__":
+            os.symlink(os.path.join(top, name), os.path.join(package, name))
+    for module, path in mapping.items():
+        if module != "coda":
+            os.symlink(os.path.join(tree, os.path.relpath(path, root)),
+                       os.path.join(package, module.split(".", 1)[1]))
+    return into
+
+
+def tree_commit(tree: str) -> str | None:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--a", metavar="NAME=VALUE", action="append", default=[],
                         type=bx.raft_setting, help="A [raft] setting of side A; repeatable")
     parser.add_argument("--b", metavar="NAME=VALUE", action="append", default=[],
                         type=bx.raft_setting, help="A [raft] setting of side B; repeatable")
+    parser.add_argument("--b-tree", metavar="DIR", default=None,
+                        help="Run side B from this checkout (its code, this bench)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--workflows", type=int, default=500, help="W-seq: in flight at once")
@@ -101,17 +136,23 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
-    if not args.a and not args.b:
-        parser.error("give --a or --b: two identical sides measure only the noise")
+    if not args.a and not args.b and not args.b_tree:
+        parser.error("give --a, --b or --b-tree: two identical sides measure only the noise")
 
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="coda-bench-ab-a-") as root_a, \
             tempfile.TemporaryDirectory(prefix="coda-bench-ab-b-") as root_b:
+        env_b = None
+        if args.b_tree:
+            shadow = shadow_package(os.path.abspath(args.b_tree), os.path.join(root_b, "code"))
+            env_b = {"PYTHONPATH": shadow}
         sides = [bx.WorkloadCluster(root_a, args.shards, name="A", raft=dict(args.a) or None),
-                 bx.WorkloadCluster(root_b, args.shards, name="B", raft=dict(args.b) or None)]
+                 bx.WorkloadCluster(root_b, args.shards, name="B", raft=dict(args.b) or None,
+                                    env=env_b)]
         try:
-            print(f"A {dict(args.a)} and B {dict(args.b)}, {args.shards} shards, side by "
-                  "side ...", flush=True)
+            print(f"A {dict(args.a)} and B {dict(args.b)}"
+                  f"{' from ' + args.b_tree if args.b_tree else ''}, {args.shards} shards, "
+                  "side by side ...", flush=True)
             for side in sides:
                 side.start()
             rounds = asyncio.run(alternate(args, sides))
@@ -120,10 +161,11 @@ def main() -> None:
                 side.close()
     summary = summarize(rounds)
     report = {"benchmark": "A/B, alternating", "a": dict(args.a), "b": dict(args.b),
+              "b_tree": args.b_tree and {"path": args.b_tree, "commit": tree_commit(args.b_tree)},
               "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "git": bx.git_facts(), "settings": {k: v for k, v in vars(args).items()
-                                                  if k not in ("a", "b")},
+                                                  if k not in ("a", "b", "b_tree")},
               "rounds": rounds, "summary": summary,
               "wall_seconds": round(time.monotonic() - began, 1)}
     print()

@@ -133,11 +133,11 @@ class WorkloadCluster:
     what bench_perf and bench_stored measure (bench_stored seeds `cluster` before start)."""
 
     def __init__(self, root: str, shards: int, *, name: str = "bench",
-                 raft: dict | None = None):
+                 raft: dict | None = None, env: dict | None = None):
         self.name = name
-        self.cluster = Cluster(root, shards=shards, raft=raft)
+        self.cluster = Cluster(root, shards=shards, raft=raft, env=env)
         self.supervisor = SupervisorProcess(self.cluster, "workloads", root=root, workers=2,
-                                            module_dir=HERE,
+                                            module_dir=HERE, env=env,
                                             supervisor_id=f"{name}-supervisor")
 
     def start(self) -> None:

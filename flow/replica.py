@@ -41,6 +41,7 @@ import tempfile
 import time
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.syncobj import _COMMAND_TYPE
 
 from coda.errors import (CodaError, Indeterminate, NotLeader, ResourceExhausted, Unavailable,
                          from_wire)
@@ -48,6 +49,7 @@ from coda.flow import commands, limits, metrics, queries
 from coda.flow.applier import Applier
 from coda.flow.config import NodeConfig
 from coda.flow.raft_base import DurableSyncObj, register_journal
+from coda.flow.raft_wire import pickle_dumps
 from coda.flow.speculation import Speculation
 from coda.storage import codec, keys
 from coda.storage.env import ShardStore
@@ -135,6 +137,7 @@ class ShardReplica(DurableSyncObj):
         self.applier = Applier(self.store)
         self.speculation = Speculation(self.store, shard, enabled=cfg.raft.replicate_write_sets)
         self._results_after_commit: list = []
+        self._apply_entry_id: int | None = None  # pysyncobj's method id of apply_entry
         # Event loop only: what its reads see (LMDB plus committed writes not in it yet).
         self.committed = CommittedView(self.store)
         self._answer_early = cfg.raft.answer_before_lmdb_commit
@@ -446,15 +449,24 @@ class ShardReplica(DurableSyncObj):
             return  # sent early, when it filled up
         if len(batch) == 1:
             data, future = batch[0]
-            self.apply_entry(data, callback=lambda result, error:
-                             self._on_result(future, result, error))
+            self._propose_entry(data, lambda result, error:
+                                self._on_result(future, result, error))
         else:
             futures = [future for _, future in batch]
-            self.apply_entry(commands.encode_batch([data for data, _ in batch]),
-                             callback=lambda result, error:
-                             self._on_batch_result(futures, result, error))
+            self._propose_entry(commands.encode_batch([data for data, _ in batch]),
+                                lambda result, error:
+                                self._on_batch_result(futures, result, error))
         self.wake()
         metrics.child(metrics.proposal_batch_commands, self._label).observe(len(batch))
+
+    def _propose_entry(self, data: bytes, callback) -> None:
+        """What `self.apply_entry(data, callback=callback)` does (pysyncobj's @replicated:
+        the call (method id, (data,)) pickled, queued for the tick thread), pickled with
+        protocol 5 rather than pysyncobj's 2 (flow.raft_wire.PICKLE_PROTOCOL)."""
+        if self._apply_entry_id is None:
+            self._apply_entry_id = self._methodToID[self._getFuncName("apply_entry")]
+        self._applyCommand(pickle_dumps((self._apply_entry_id, (data,))), callback,
+                           _COMMAND_TYPE.REGULAR)
 
     async def _outcome(self, future: asyncio.Future, timeout_s: float, read_only: bool) -> dict:
         """The proposal's result. Its deadline (and, for a read, this node's leadership)

@@ -33,10 +33,11 @@ from __future__ import annotations
 import logging
 import struct
 
-from pysyncobj import pickle as raft_pickle  # the pickling pysyncobj's own entries use
+from pysyncobj import pickle as raft_pickle  # reads entries of any pickle protocol
 
 from coda.errors import CodaError, Internal
 from coda.flow import commands, limits, metrics, state_machine
+from coda.flow.raft_wire import pickle_dumps
 from coda.storage.overlay import OverlayTxn, PendingWrites
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class Speculation:
         if len(encoded) > limits.write_set_bytes_max:
             self._as_commands.inc()
             return command
-        entry = _REGULAR + raft_pickle.dumps((func_id, (encoded,)))
+        entry = _REGULAR + pickle_dumps((func_id, (encoded,)))
         # The entry object itself is kept: when it commits, the log hands this very
         # object back (own_write_set), and its writes need no unpickling nor decoding;
         # the writes dict is what the event loop's CommittedView layers once it commits.

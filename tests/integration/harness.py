@@ -59,11 +59,14 @@ class Cluster:
     def __init__(self, root: str, *, nodes: int = 3, shards: int = 4, raft: dict | None = None,
                  seed: int | None = None, hosts: list[str] | None = None, wrap=None,
                  payload_bytes_max: int | None = None, supervisor_lease_ms: int | None = None,
-                 settings: dict | None = None):
+                 settings: dict | None = None, env: dict | None = None):
         """hosts: one address per node (default loopback); wrap(i, argv) -> argv lets a
         test launch node i differently (e.g. `ip netns exec NS` + argv);
-        payload_bytes_max: the cluster's payload limit (default: the server's)."""
+        payload_bytes_max: the cluster's payload limit (default: the server's);
+        env: variables the node processes get on top of this one's (bench_ab.py runs
+        another checkout's code that way)."""
         self.root = root
+        self.env = dict(os.environ, **env) if env else None
         self.wrap = wrap or (lambda i, argv: argv)
         hosts = hosts or [HOST] * nodes
         self.shards = shards
@@ -149,7 +152,7 @@ class Cluster:
             argv = [sys.executable, "-m", "coda.flow.cli", "serve", "--config",
                     self.config_paths[j]]
             self.procs[j] = subprocess.Popen(self.wrap(j, argv), stdout=log,
-                                             stderr=subprocess.STDOUT)
+                                             stderr=subprocess.STDOUT, env=self.env)
             log.close()
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
