@@ -100,12 +100,17 @@ class Cluster:
         return mapping
 
     def _write_config(self, i: int) -> str:
-        cfg = config_mod.from_mapping(self.config_mapping(i))
+        wanted = self.config_mapping(i)
+        full = config_mod.to_mapping(config_mod.from_mapping(wanted))  # validated here
+        # Only what was set: the node's own defaults fill the rest, so a node of another
+        # build (bench_ab.py --b-tree) is not handed settings it does not know.
+        written = {key: full[key] for key in wanted}
+        written["raft"] = {key: full["raft"][key] for key in self.raft}
         from coda.flow.cli import _to_toml
         path = os.path.join(self.root, f"{self.nodes[i]['id']}.toml")
         os.makedirs(self.root, exist_ok=True)
         with open(path, "w") as f:
-            f.write(_to_toml(config_mod.to_mapping(cfg)))
+            f.write(_to_toml(written))
         return path
 
     @property
