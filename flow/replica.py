@@ -13,12 +13,12 @@ thread replaces every ~0.25 s), so neither blocks the other.
   into one LMDB transaction, committed with the applied index. A leader whose entries of
   the tick are all its own write sets, and few (`limits.answer_early_batch_entries_max`),
   answers their proposers before that commit (its fdatasync was ~0.5 ms on every step's
-  path) and hands the event loop those writes:
-  everything on the loop reads through `committed` (storage.overlay.CommittedView), LMDB
-  plus the committed writes it may not hold yet. Otherwise results wait for the commit.
+  path) and hands the event loop those writes: everything on the loop reads through
+  `committed` (storage.committed.CommittedView), LMDB plus the committed writes it may
+  not hold yet. Otherwise results wait for the commit.
 - Linearizable reads: `read(fn)` waits for a log barrier (a no-op command, batched across
-  concurrent reads) to commit, then reads the committed view. Never `_isLeader()`: an isolated old leader
-  can't commit a barrier, so it can't answer a read.
+  concurrent reads) to commit, then reads the committed view. Never `_isLeader()`: an
+  isolated old leader can't commit a barrier, so it can't answer a read.
 - Snapshots: a custom serializer writes [header | compacting LMDB copy] into one file, in
   the tick thread (no fork); the deserializer swaps LMDB only if the snapshot is newer.
 - Proposals made in one event-loop turn go to Raft as one entry (flow.commands batch
