@@ -134,6 +134,42 @@ def test_a_committed_view_refuses_writes(stores):
             txn.delete(keys.QUEUES, b"a")
 
 
+OPS = st.lists(st.tuples(st.sampled_from(("put", "delete")), st.sampled_from(DBS), KEYS,
+                         st.binary(max_size=3)), max_size=20)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=ENTRIES, split=st.integers(min_value=0, max_value=12), ops=OPS)
+def test_a_commands_writes_made_in_lmdb_equal_running_it_on_lmdb(stores, entries, split, ops):
+    """A command's puts and deletes through an OverlayTxn (over LMDB holding entries
+    [0, split) and the rest pending): each delete answers what LMDB's would, and its
+    write set, made after the entries, leaves LMDB as running the ops on LMDB does."""
+    split = min(split, len(entries))
+    direct, layered = stores(None), stores(None)
+    _write(direct, entries, 1)
+    if split:
+        _write(layered, entries[:split], 1)
+    pending = PendingWrites()
+    for index, entry in enumerate(entries[split:], start=split + 1):
+        pending.push(index, {(db, key): value for db, key, value in entry})
+    batch = direct.begin_batch()
+    with batch.command() as lmdb_txn:
+        want = [lmdb_txn.put(db, key, value) if op == "put" else lmdb_txn.delete(db, key)
+                for op, db, key, value in ops]
+    batch.commit(len(entries) + 1)
+    with layered.read() as base:
+        txn = OverlayTxn(base, pending)
+        got = [txn.put(db, key, value) if op == "put" else txn.delete(db, key)
+               for op, db, key, value in ops]
+        writes = dict(txn.writes)
+    assert got == want
+    _write(layered, entries[split:], split + 1)
+    batch = layered.begin_batch()
+    batch.write([[db, key, value] for (db, key), value in writes.items()])
+    batch.commit(len(entries) + 1)
+    assert layered.digest() == direct.digest()
+
+
 def test_a_commands_own_writes_come_first_and_deletes_hide(stores):
     store = stores("s")
     _write(store, [[(keys.QUEUES, b"a", b"lmdb"), (keys.QUEUES, b"b", b"lmdb")]], 1)
