@@ -138,15 +138,23 @@ class Router:
         self.cfg = cfg
         self.replicas = replicas
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[tuple, object] = {}  # (stub class, address) -> stub
 
     def shard_of(self, workflow_id: str) -> int:
         return shard_for(workflow_id, self.cfg.shards)
 
     def flow_stub(self, address: str) -> pb_grpc.FlowStub:
-        return pb_grpc.FlowStub(self._channel(address))
+        return self._stub(pb_grpc.FlowStub, address)
 
     def peer_stub(self, address: str) -> pb_grpc.PeerStub:
-        return pb_grpc.PeerStub(self._channel(address))
+        return self._stub(pb_grpc.PeerStub, address)
+
+    def _stub(self, kind, address: str):
+        # Kept: making a stub builds a callable per RPC method (~13 us a forward).
+        stub = self._stubs.get((kind, address))
+        if stub is None:
+            stub = self._stubs[(kind, address)] = kind(self._channel(address))
+        return stub
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
@@ -178,6 +186,8 @@ class Router:
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+        self._channels.clear()
+        self._stubs.clear()
 
 
 def channel_options() -> list:
