@@ -45,7 +45,7 @@ from pysyncobj.syncobj import _COMMAND_TYPE
 
 from coda.errors import (CodaError, Indeterminate, NotLeader, ResourceExhausted, Unavailable,
                          from_wire)
-from coda.flow import commands, limits, metrics, queries
+from coda.flow import commands, latency_trace, limits, metrics, queries
 from coda.flow.applier import Applier
 from coda.flow.config import NodeConfig
 from coda.flow.raft_base import DurableSyncObj, register_journal
@@ -250,8 +250,9 @@ class ShardReplica(DurableSyncObj):
         # One wake-up of the event loop per batch, not per command. Early: the entries
         # are committed (in a majority of journals, this one flushed); the loop's
         # reads see their writes through the committed view until LMDB has them.
+        posted_s = latency_trace.now_s() if latency_trace.enabled else 0.0
         if early:
-            self.loop.call_soon_threadsafe(self._settle_batch, results, layers)
+            self.loop.call_soon_threadsafe(self._settle_batch, results, layers, posted_s)
             metrics.child(metrics.answered_batches, self._label, "before_lmdb_commit").inc()
         entries = self.applier.commit()
         self.speculation.committed(self.applier.applied_index, self._isLeader(),
@@ -260,7 +261,8 @@ class ShardReplica(DurableSyncObj):
             metrics.child(metrics.apply_batch_entries, self._label).observe(entries)
             metrics.child(metrics.apply_batch_seconds, self._label).observe(self.applier.last_batch_duration_s)
         if results and not early:
-            self.loop.call_soon_threadsafe(self._settle_batch, results, ())
+            posted_s = latency_trace.now_s() if latency_trace.enabled else 0.0
+            self.loop.call_soon_threadsafe(self._settle_batch, results, (), posted_s)
             metrics.child(metrics.answered_batches, self._label, "after_lmdb_commit").inc()
 
     def _write_snapshot(self, tmp_path: str, raft_data) -> None:
@@ -312,13 +314,15 @@ class ShardReplica(DurableSyncObj):
             logging.shutdown()
             os._exit(71)
 
-    def _settle_batch(self, results: list, layers) -> None:
+    def _settle_batch(self, results: list, layers, posted_s: float = 0.0) -> None:
         # Effects first, and whether or not anyone still waits for the result: a
         # proposer that timed out or was cancelled (its client gave up) must not take
         # the committed command's effects with it. An eager assignment whose dispatch was
         # dropped that way sat on a live supervisor for good (its lease renewed, no new
         # hello to re-queue it): a jepsen queue item never delivered (lose-unsynced-one).
         self.committed.add(layers)  # first: effects and waiters read what they were told
+        if latency_trace.enabled:
+            _trace_closes(results, posted_s)
         if self.effects_listener is not None:
             for _, result, error in results:
                 if (error == FAIL_REASON.SUCCESS and isinstance(result, dict)
@@ -609,6 +613,14 @@ def _remove_snapshot_leftovers(shard_dir: str) -> None:
             os.unlink(path)
         elif name.startswith("tmp") and (name.endswith(".mdb") or os.path.isdir(path)):
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def _trace_closes(results: list, posted_s: float) -> None:
+    settled_s = latency_trace.now_s()
+    for _, result, _ in results:
+        effects = result.get("effects") if isinstance(result, dict) else None
+        for workflow_id in (effects or {}).get("closed", ()):
+            latency_trace.stamp("close", workflow_id, posted_s, settled_s)
 
 
 def _settle_all(results: list) -> None:

@@ -20,8 +20,8 @@ from coda.api import flow_pb2 as pb
 from coda.api import flow_pb2_grpc as pb_grpc
 from coda.errors import (CodaError, Internal, InvalidArgument, NotLeader, ResourceExhausted,
                          Unavailable)
-from coda.flow import (commands, limits, metrics, model, outbox, queries, validate,
-                       wire)
+from coda.flow import (commands, latency_trace, limits, metrics, model, outbox, queries,
+                       validate, wire)
 from coda.flow.schedule_service import ScheduleRpcs, list_page as schedules_page
 from coda.flow.schedule_service import schedule_info
 from coda.flow.state_service import StateRpcs
@@ -99,6 +99,7 @@ def rpc(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
         started = time.perf_counter()
+        entered_s = latency_trace.now_s() if latency_trace.enabled else 0.0
         code = "OK"
         try:
             if isinstance(request, Undecodable):
@@ -123,6 +124,8 @@ def rpc(method):
         finally:
             metrics.child(metrics.grpc_requests, name, code).inc()
             metrics.child(metrics.grpc_seconds, name, code).observe(time.perf_counter() - started)
+            if latency_trace.enabled and name == "StartWorkflow":
+                latency_trace.stamp("rpc", request.workflow_id, entered_s, latency_trace.now_s())
 
     return wrapper
 
@@ -257,12 +260,17 @@ class FlowService(ScheduleRpcs, StateRpcs, VisibilityRpcs, pb_grpc.FlowServicer)
                 except ResourceExhausted:
                     pass
             try:
+                proposed_s = latency_trace.now_s() if latency_trace.enabled else 0.0
                 answer = await start(replica, dispatcher)
+                started_s = latency_trace.now_s() if latency_trace.enabled else 0.0
                 if waiter is not None:
                     closed = await _closed_within(replica, waiter, workflow_id,
                                                   answer.run_id, wait_s)
                     if closed is not None:
                         answer.closed.CopyFrom(workflow_info(closed, shard))
+                if latency_trace.enabled:
+                    latency_trace.stamp("start", workflow_id, proposed_s, started_s,
+                                        latency_trace.now_s())
                 return answer
             finally:
                 if waiter is not None:

@@ -29,7 +29,7 @@ class FakeReplica:
             applied_index=10 + layers, last_batch_duration_s=0.001)
         self.speculation = types.SimpleNamespace(committed=lambda *args: None)
         self.loop = types.SimpleNamespace(
-            call_soon_threadsafe=lambda fn, results, layers: self.order.append(
+            call_soon_threadsafe=lambda fn, results, layers, posted_s: self.order.append(
                 (fn == "settle" and "answers", len(results), list(layers))))
         self._isLeader = lambda: True
         self._last_log_index = lambda: 10 + layers
