@@ -149,16 +149,11 @@ def main() -> None:
         sides = [bx.WorkloadCluster(root_a, args.shards, name="A", raft=dict(args.a) or None),
                  bx.WorkloadCluster(root_b, args.shards, name="B", raft=dict(args.b) or None,
                                     env=env_b)]
-        try:
-            print(f"A {dict(args.a)} and B {dict(args.b)}"
-                  f"{' from ' + args.b_tree if args.b_tree else ''}, {args.shards} shards, "
-                  "side by side ...", flush=True)
-            for side in sides:
-                side.start()
+        print(f"A {dict(args.a)} and B {dict(args.b)}"
+              f"{' from ' + args.b_tree if args.b_tree else ''}, {args.shards} shards, "
+              "side by side ...", flush=True)
+        with bx.all_started(sides):
             rounds = asyncio.run(alternate(args, sides))
-        finally:
-            for side in sides:
-                side.close()
     summary = summarize(rounds)
     report = {"benchmark": "A/B, alternating", "a": dict(args.a), "b": dict(args.b),
               "b_tree": args.b_tree and {"path": args.b_tree, "commit": tree_commit(args.b_tree)},

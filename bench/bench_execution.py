@@ -153,6 +153,20 @@ class WorkloadCluster:
             self.cluster.close()
 
 
+@contextlib.contextmanager
+def all_started(sides: list, start_order: list | None = None):
+    """Every side (a WorkloadCluster) started, in start_order if given, and every one
+    closed on the way out, whether it started or not: for benches that run clusters
+    side by side."""
+    try:
+        for side in start_order or sides:
+            side.start()
+        yield sides
+    finally:
+        for side in sides:
+            side.close()
+
+
 def coda_pids(cluster: Cluster, supervisor: SupervisorProcess) -> dict[str, list[int]]:
     """role -> pids: the node processes, the supervisor, its workers (from /health), and any
     other process below them (should be none)."""

@@ -152,15 +152,10 @@ def run_baseline_pair(args) -> dict:
         sides = [bx.WorkloadCluster(root_ws, shards, name="write_sets"),
                  bx.WorkloadCluster(root_cmd, shards, name="commands",
                                     raft={"replicate_write_sets": False})]
-        try:
-            print(f"baseline pair ({shards} shards): write sets and commands, side by side ...",
-                  flush=True)
-            for side in sides:
-                side.start()
+        print(f"baseline pair ({shards} shards): write sets and commands, side by side ...",
+              flush=True)
+        with bx.all_started(sides):
             out = asyncio.run(_alternate(args, sides))
-        finally:
-            for side in sides:
-                side.close()
     return {"shards": shards, **out}
 
 

@@ -192,13 +192,9 @@ def measure(*, stored: int, shards: int, workflows: int, repeat: int, timeout_s:
     with tempfile.TemporaryDirectory(prefix="coda-bench-empty-") as empty_root, \
             tempfile.TemporaryDirectory(prefix="coda-bench-stored-") as stored_root:
         setups = [Setup(args, empty_root, 0), Setup(args, stored_root, stored)]
-        try:
-            for setup in reversed(setups):  # seeding first, on an otherwise idle machine
-                setup.start()
+        # Seeding first, on an otherwise idle machine.
+        with bx.all_started(setups, start_order=setups[::-1]):
             asyncio.run(alternating_trials(args, setups))
-        finally:
-            for setup in setups:
-                setup.close()
     empty, seeded = setups[0].out, setups[1].out
     return {"benchmark": "stored workflows", "settings": vars(args),
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),

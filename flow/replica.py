@@ -247,13 +247,11 @@ class ShardReplica(DurableSyncObj):
         early = (bool(results) and self._answer_early and not self._batch_gapped
                  and len(layers) <= limits.answer_early_batch_entries_max)
         self._batch_gapped = False
-        # One wake-up of the event loop per batch, not per command. Early: the entries
-        # are committed (in a majority of journals, this one flushed); the loop's
-        # reads see their writes through the committed view until LMDB has them.
-        posted_s = latency_trace.now_s() if latency_trace.enabled else 0.0
+        # Early: the entries are committed (in a majority of journals, this one
+        # flushed); the loop's reads see their writes through the committed view until
+        # LMDB has them.
         if early:
-            self.loop.call_soon_threadsafe(self._settle_batch, results, layers, posted_s)
-            metrics.child(metrics.answered_batches, self._label, "before_lmdb_commit").inc()
+            self._post_results(results, layers, "before_lmdb_commit")
         entries = self.applier.commit()
         self.speculation.committed(self.applier.applied_index, self._isLeader(),
                                    self._last_log_index())
@@ -261,9 +259,13 @@ class ShardReplica(DurableSyncObj):
             metrics.child(metrics.apply_batch_entries, self._label).observe(entries)
             metrics.child(metrics.apply_batch_seconds, self._label).observe(self.applier.last_batch_duration_s)
         if results and not early:
-            posted_s = latency_trace.now_s() if latency_trace.enabled else 0.0
-            self.loop.call_soon_threadsafe(self._settle_batch, results, (), posted_s)
-            metrics.child(metrics.answered_batches, self._label, "after_lmdb_commit").inc()
+            self._post_results(results, (), "after_lmdb_commit")
+
+    def _post_results(self, results: list, layers, when: str) -> None:
+        # One wake-up of the event loop per batch, not per command.
+        posted_s = latency_trace.now_s() if latency_trace.enabled else 0.0
+        self.loop.call_soon_threadsafe(self._settle_batch, results, layers, posted_s)
+        metrics.child(metrics.answered_batches, self._label, when).inc()
 
     def _write_snapshot(self, tmp_path: str, raft_data) -> None:
         """pysyncobj serializer: [header | pickled raft_data | compacting LMDB copy]."""

@@ -34,6 +34,7 @@ class FakeReplica:
         self._isLeader = lambda: True
         self._last_log_index = lambda: 10 + layers
         self._settle_batch = "settle"
+        self._post_results = types.MethodType(ShardReplica._post_results, self)
 
 
 def commit(replica: FakeReplica) -> list:

@@ -44,6 +44,19 @@ def _write(store: ShardStore, entries, first_index: int) -> None:
     batch.commit(first_index + len(entries) - 1)
 
 
+def _lmdb_and_pending(stores, entries, split: int):
+    """A store holding every entry, one holding [0, split), and the rest as pending
+    layers (index from 1, as the entries' Raft indexes)."""
+    full, partial = stores(None), stores(None)
+    _write(full, entries, 1)
+    if split:
+        _write(partial, entries[:split], 1)
+    pending = PendingWrites()
+    for index, entry in enumerate(entries[split:], start=split + 1):
+        pending.push(index, {(db, key): value for db, key, value in entry})
+    return full, partial, pending
+
+
 def _view(txn, reverse: bool = False) -> dict:
     """Every read the state machine makes, over the test's key space (and the reverse
     scans listings make, for reads of committed state)."""
@@ -67,13 +80,7 @@ def test_pending_writes_over_lmdb_read_as_lmdb_with_them_made(stores, entries, s
     """Entries [0, split) are in LMDB, the rest pending; then some of those are made in
     LMDB and dropped from pending. At each point, reads match LMDB holding them all."""
     split = min(split, len(entries))
-    expected, layered = stores(None), stores(None)
-    _write(expected, entries, 1)
-    if split:
-        _write(layered, entries[:split], 1)
-    pending = PendingWrites()
-    for index, entry in enumerate(entries[split:], start=split + 1):
-        pending.push(index, {(db, key): value for db, key, value in entry})
+    expected, layered, pending = _lmdb_and_pending(stores, entries, split)
     with expected.read() as want_txn:
         want = _view(want_txn)
     with layered.read() as base:
@@ -145,13 +152,7 @@ def test_a_commands_writes_made_in_lmdb_equal_running_it_on_lmdb(stores, entries
     [0, split) and the rest pending): each delete answers what LMDB's would, and its
     write set, made after the entries, leaves LMDB as running the ops on LMDB does."""
     split = min(split, len(entries))
-    direct, layered = stores(None), stores(None)
-    _write(direct, entries, 1)
-    if split:
-        _write(layered, entries[:split], 1)
-    pending = PendingWrites()
-    for index, entry in enumerate(entries[split:], start=split + 1):
-        pending.push(index, {(db, key): value for db, key, value in entry})
+    direct, layered, pending = _lmdb_and_pending(stores, entries, split)
     batch = direct.begin_batch()
     with batch.command() as lmdb_txn:
         want = [lmdb_txn.put(db, key, value) if op == "put" else lmdb_txn.delete(db, key)
