@@ -3,8 +3,9 @@
 This 2-core host's speed drifts by a third within an hour, so two builds or settings
 measured one after the other compare two moments of the machine. Here side A and side B
 (each a 3-node cluster with a supervisor and 2 workers, bench_execution.WorkloadCluster)
-run W-lat and W-seq trials in turns, ABBA order, and the table gives each round and the
-medians, with B/A ratios.
+run W-lat one workflow at a time in turns (A B B A ...: both sides' latencies sample
+the same moments), then W-seq trials in turns, ABBA order; the table gives each round
+and the medians, with B/A ratios.
 
     python bench/bench_ab.py --b answer_before_lmdb_commit=false --rounds 4
 
@@ -40,21 +41,23 @@ FIELDS = (("W-lat p50 ms", "lat", "p50_ms"), ("W-lat p99 ms", "lat", "p99_ms"),
 
 
 async def alternate(args, sides: list) -> list[dict]:
-    """One dict per round and side: {"side", "round", "lat": w_lat, "seq": w_seq}."""
+    """One dict per round and side: {"side", "round", "lat": W-lat, "seq": w_seq}.
+    W-lat is interleaved (interleaved_lat); W-seq trials take turns, ABBA."""
     clients = [coda.Client(s.cluster.address, timeout_s=60.0) for s in sides]
     rounds = []
     try:
         for client in clients:
             await bx.warm_up(client, args.timeout)
         for r in range(args.rounds):
-            order = list(zip(sides, clients))
+            print(f"  round {r + 1}/{args.rounds}: W-lat {args.lat_count} a side, "
+                  "interleaved ...", flush=True)
+            lats = await interleaved_lat(args, sides, clients, r)
+            order = list(zip(sides, clients, lats))
             if r % 2:
                 order.reverse()  # ABBA: neither side always goes first
-            for side, client in order:
-                print(f"  round {r + 1}/{args.rounds}, {side.name}: W-lat {args.lat_count}, "
-                      f"W-seq {args.workflows} ...", flush=True)
-                lat = await bx.w_lat(client, args.lat_count, f"ab-lat-{side.name}-{r}",
-                                     args.timeout)
+            for side, client, lat in order:
+                print(f"  round {r + 1}/{args.rounds}, {side.name}: W-seq {args.workflows} ...",
+                      flush=True)
                 seq = await bx.w_seq(client, args.workflows, f"ab-seq-{side.name}-{r}",
                                      args.timeout, bx.coda_pids(side.cluster, side.supervisor),
                                      0.0, side.cluster, side.supervisor)
@@ -63,6 +66,29 @@ async def alternate(args, sides: list) -> list[dict]:
         for client in clients:
             await client.close()
     return rounds
+
+
+async def interleaved_lat(args, sides: list, clients: list, round_index: int) -> list[dict]:
+    """W-lat on both sides, one workflow at a time taking turns (A B B A ...): each side's
+    p50 is then of the same minutes of this host, whose speed drifts within a round by
+    more than the effects we look for. One dict per side, as bench_execution.w_lat's."""
+    totals: list[list[float]] = [[] for _ in sides]
+    errors: list[dict] = [{} for _ in sides]
+    for i in range(args.lat_count):
+        order = list(range(len(sides)))
+        if (i + round_index) % 2:
+            order.reverse()
+        for k in order:
+            try:
+                _, total = await bx.run_one(clients[k], bx.workloads.one, {},
+                                            f"ab-lat-{sides[k].name}-{round_index}-{i}",
+                                            args.timeout)
+                totals[k].append(total)
+            except coda.CodaError as exc:
+                bx.count_error(errors[k], exc)
+    return [{"workflows": args.lat_count, "completed": len(t), "p50_ms": bx.pct_ms(t, 0.5),
+             "p99_ms": bx.pct_ms(t, 0.99), "min_ms": bx.pct_ms(t, 0.0), "errors": e}
+            for t, e in zip(totals, errors)]
 
 
 def summarize(rounds: list[dict]) -> dict:

@@ -109,11 +109,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--raft", metavar="NAME=VALUE", action="append", default=[],
+                        type=bx.raft_setting, help="A [raft] setting of the nodes; repeatable")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="coda-bench-trace-") as root:
         trace_dir = os.path.join(root, "traces")
         os.makedirs(trace_dir)
-        side = bx.WorkloadCluster(root, args.shards, env={"CODA_TRACE_DIR": trace_dir})
+        side = bx.WorkloadCluster(root, args.shards, env={"CODA_TRACE_DIR": trace_dir},
+                                  raft=dict(args.raft) or None)
         stamps = CallStamps()
         stamps.install()
         try:

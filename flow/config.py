@@ -72,6 +72,9 @@ class RaftTiming:
     # majority of journals), before LMDB's commit of it (flow.replica, CommittedView);
     # false: after that commit, as before (for A/B benches).
     answer_before_lmdb_commit: bool = True
+    # A leader sends a new run's first workflow task to its supervisor when the start is
+    # appended to the log, not once it commits (flow.speculation); false: at the commit.
+    dispatch_before_commit: bool = True
 
 
 @dataclass(frozen=True)

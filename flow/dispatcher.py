@@ -31,6 +31,7 @@ from coda.api import flow_pb2 as pb
 from coda.errors import CodaError, ResourceExhausted
 from coda.flow import commands, limits, metrics
 from coda.flow.broadcast_watch import BroadcastWatchers
+from coda.flow.dispatches import dispatch_of, split_by_bytes
 from coda.flow.replica import ShardReplica
 from coda.storage import codec, keys
 
@@ -104,12 +105,18 @@ class ShardDispatcher:
         # Assignments committed this loop turn, per session: sent together (the commands
         # of one Raft entry settle in the same turn), in messages bounded by bytes.
         self._eager_out: dict[str, tuple[Session, list]] = {}
+        # Assignments sent before their command committed (speculative dispatch of a new
+        # run's first workflow task), by request id -> the session sent to: their commit
+        # sends them only if that session is gone. Bounded: a start that never commits
+        # leaves its entry until it ages out.
+        self._sent_early: OrderedDict[str, Session] = OrderedDict()
         self._waiters: dict[str, set[asyncio.Future]] = {}
         self._waiting = 0
         self._rotation = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self.broadcast_watchers = BroadcastWatchers(self.shard)
         replica.effects_listener = self.on_effects
+        replica.appended_listener = self.on_appended
         replica.commit_listener = self.kick
 
     # --- leadership ----------------------------------------------------------------------
@@ -156,6 +163,7 @@ class ShardDispatcher:
         self._eager_used.clear()
         self._eager_settled.clear()
         self._eager_out.clear()
+        self._sent_early.clear()
         self.broadcast_watchers.close_all()
         log.info("shard %d: stopped dispatching (leader now %s)", self.shard, hint)
 
@@ -294,6 +302,29 @@ class ShardDispatcher:
         if used < len(items):
             self.kick()
 
+    def on_appended(self, groups: list) -> None:
+        """New runs' first workflow tasks, their starts appended to the log and not yet
+        committed (flow.speculation): sent now, to a session still open. Their commit
+        (on_effects) settles the credit as for any eager assignment, and notes the history
+        the session was sent; a start that never commits was a run that never existed,
+        and its workflow task's completion is refused as stale."""
+        if not self.active:
+            return
+        for sid, request_id, items, built in groups:
+            session = self.sessions.get(sid)
+            if session is None or not session.open or any(
+                    (item["workflow_id"], item["run_id"]) in session.history_sent
+                    for item in items):
+                continue  # sent at the commit, to whichever session it then has
+            for batch in split_by_bytes(built, limits.dispatch_message_bytes_max):
+                session.send(pb.FlowMessage(dispatches=pb.Dispatches(items=batch)))
+            self._sent_early[request_id] = session
+            while len(self._sent_early) > limits.dispatched_early_remembered_max:
+                self._sent_early.popitem(last=False)
+            label = str(self.shard)
+            metrics.child(metrics.dispatched, label).inc(len(items))
+            metrics.child(metrics.dispatched_before_commit, label).inc(len(items))
+
     def _send_eager(self) -> None:
         out, self._eager_out = self._eager_out, {}
         for session, assigned in out.values():
@@ -398,6 +429,7 @@ class ShardDispatcher:
             # Runs before the completion's propose() returns: settle_eager sees the count.
             # After it (the proposer gave up): the credit settle_eager gave back is taken.
             session = self.sessions.get(sid)
+            sent_early = self._sent_early.pop(request_id, None) if self._sent_early else None
             if request_id in self._eager_settled:
                 del self._eager_settled[request_id]
                 if session is not None:
@@ -407,6 +439,10 @@ class ShardDispatcher:
             if session is not None:
                 if not request_id.startswith(ASSIGN_ID_PREFIX):
                     metrics.child(metrics.eager_dispatched, str(self.shard)).inc(len(assigned))
+                if sent_early is session and session.open:  # on_appended sent them
+                    for item in assigned:  # what it now holds: the run's next task sends less
+                        session.history_after(item)
+                    continue
                 if not self._eager_out:
                     asyncio.get_running_loop().call_soon(self._send_eager)
                 self._eager_out.setdefault(sid, (session, []))[1].extend(assigned)
@@ -501,57 +537,3 @@ def _with_run_history(txn, session: Session, item: dict, dispatch: pb.Dispatch,
         dispatch.history = codec.pack(events)
         dispatch.history_after_event_id = after
     return dispatch
-
-
-def split_by_bytes(dispatches: list, bytes_max: int) -> list[list]:
-    """`dispatches` in order, in groups of at most bytes_max serialized bytes (a larger
-    one alone)."""
-    groups, current, current_bytes = [], [], 0
-    for dispatch in dispatches:
-        size_bytes = dispatch.ByteSize()
-        if current and current_bytes + size_bytes > bytes_max:
-            groups.append(current)
-            current, current_bytes = [], 0
-        current.append(dispatch)
-        current_bytes += size_bytes
-    if current:
-        groups.append(current)
-    return groups
-
-
-def dispatch_of(txn, item: dict, history_after_event_id: int = 0) -> pb.Dispatch:
-    """The Dispatch message of a committed assignment, from the committed state."""
-    wid, run_id = item["workflow_id"], item["run_id"]
-    if item["kind"] == "wft":
-        started = codec.unpack(txn.get(keys.HISTORY, keys.history_key(wid, run_id, 1)))
-        # The tail must fit one gRPC message beside the run's input; past that (or the
-        # cap) it goes empty, marked as starting after the last event, and the
-        # supervisor fetches the whole history (Supervisor._start_after_fetch).
-        tail_bytes_max = min(limits.wft_history_tail_bytes_max,
-                             limits.grpc_message_bytes_max - len(started["input"] or b"")
-                             - limits.command_envelope_bytes_max)
-        events, tail_bytes = [], 0
-        start = keys.history_key(wid, run_id, history_after_event_id + 1)
-        for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(wid, run_id),
-                               start=start):
-            event = codec.unpack(raw)
-            if event["event_id"] > item["history_length"]:
-                break  # what the assignment saw, even if more was appended since
-            tail_bytes += len(raw)
-            if tail_bytes > tail_bytes_max:
-                events, history_after_event_id = [], item["history_length"]
-                break
-            events.append(event)
-        return pb.Dispatch(
-            workflow_id=wid, run_id=run_id, task_key="", type_name=item["workflow_type"],
-            attempt=item["attempt"], input=started["input"], history=codec.pack(events),
-            workflow_attempt=item["workflow_attempt"], start_time_ms=item["start_time_ms"],
-            history_after_event_id=history_after_event_id)
-    task = codec.unpack(txn.get(keys.TASKS, keys.task_key(wid, run_id, item["key"])))
-    return pb.Dispatch(
-        workflow_id=wid, run_id=run_id, task_key=item["key"], type_name=task["task"],
-        attempt=item["attempt"], input=task["args"] or b"",
-        idempotency_key=task["idempotency_key"],
-        heartbeat_details=task.get("heartbeat_details") or b"",
-        start_to_close_timeout_ms=task["timeouts_ms"].get("start_to_close_timeout") or 0,
-        heartbeat_timeout_ms=task["timeouts_ms"].get("heartbeat_timeout") or 0)

@@ -69,6 +69,16 @@ wft_history_tail_bytes_max = 2 * MIB
 # Completions whose proposer gave up before their effects came, remembered so late
 # effects take back the eager credit returned for them (flow.dispatcher.settle_eager).
 eager_settled_remembered_max = 10_000
+# A new run's first workflow task goes out before its start commits only from an entry
+# of at most this many commands (flow.speculation), and while the shard has at most this
+# many proposals in flight (flow.replica): a lone start gains the commit's latency; on a
+# busy shard (W-seq's starts) early dispatches cost more CPU (a wake-up of the loop each,
+# completions coming back one by one) than they gained (bench/bench_ab.py).
+dispatch_early_batch_commands_max = 4
+dispatch_early_proposals_in_flight_max = 8
+# Starts whose first workflow task went out before they committed (flow.dispatcher,
+# speculative dispatch), remembered until their commit; one that never commits ages out.
+dispatched_early_remembered_max = 10_000
 # pysyncobj's own command queue; kept above ours so ours is the one that answers.
 raft_commands_queue_max = proposals_in_flight_max * 2
 # How long a proposal may wait for its commit before the caller gets INDETERMINATE.

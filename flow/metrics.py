@@ -73,6 +73,10 @@ appended_entries = Counter(
     "Entries this replica appended as leader, by form: its write set (replicas make the "
     "writes) or its commands (every replica runs them; flow.speculation)", ["shard", "form"])
 ENTRY_FORMS = ("writes", "commands")
+dispatched_before_commit = Counter(
+    "coda_shard_dispatched_before_commit",
+    "Of those, new runs' first workflow tasks sent while their start was appended, not "
+    "yet committed (speculative dispatch, flow.speculation)", ["shard"])
 answered_batches = Counter(
     "coda_shard_answered_batches",
     "Batches of committed results handed to proposers, by when: before the LMDB commit "
@@ -147,8 +151,9 @@ grpc_seconds = Histogram("coda_grpc_request_seconds", "gRPC request latency by m
 PER_SHARD = (raft_role, raft_term, commit_index, applied_index, log_entries, has_quorum,
              proposals_in_flight, leader_changes, snapshot_installs, snapshots_written,
              apply_batch_entries, apply_batch_seconds, read_barriers, dispatched,
-             eager_dispatched, supervisors_expired, supervisor_sessions, history_warnings,
-             dispatch_batch_items, completion_batch_items, proposal_batch_commands,
+             eager_dispatched, dispatched_before_commit, supervisors_expired,
+             supervisor_sessions, history_warnings, dispatch_batch_items,
+             completion_batch_items, proposal_batch_commands,
              task_heartbeats, timer_lag_seconds, result_waiters, proposal_seconds)
 
 # Timer kinds (flow.sm_common) -> the `of` of coda_shard_retries / the `timeout` of

@@ -412,7 +412,12 @@ class DurableSyncObj(SyncObj):
         SyncObj._checkCommandsToApply(self)
         if self._isLeader() and len(journal) and journal[-1][1] > before:
             self._SyncObj__sendAppendEntries()
+            self._on_entries_sent()
             self._flush_journal()
+
+    def _on_entries_sent(self) -> None:
+        """The leader has sent this tick's new entries and is about to flush them (the
+        flush releases the GIL): work for another thread handed over here overlaps it."""
 
     # 1b: a new leader appends a no-op and may count it at once (single-node cluster).
     def _SyncObj__onBecomeLeader(self):

@@ -45,7 +45,7 @@ from pysyncobj.syncobj import _COMMAND_TYPE
 
 from coda.errors import (CodaError, Indeterminate, NotLeader, ResourceExhausted, Unavailable,
                          from_wire)
-from coda.flow import commands, latency_trace, limits, metrics, queries
+from coda.flow import commands, dispatches, latency_trace, limits, metrics, queries
 from coda.flow.applier import Applier
 from coda.flow.config import NodeConfig
 from coda.flow.raft_base import DurableSyncObj, register_journal
@@ -141,6 +141,7 @@ class ShardReplica(DurableSyncObj):
         # Event loop only: what its reads see (LMDB plus committed writes not in it yet).
         self.committed = CommittedView(self.store)
         self._answer_early = cfg.raft.answer_before_lmdb_commit
+        self._dispatch_early = cfg.raft.dispatch_before_commit
         # Tick thread: this batch's own write sets (index, writes), and whether an entry
         # of it was applied any other way (its writes unknown here: answer after commit).
         self._batch_layers: list = []
@@ -160,6 +161,9 @@ class ShardReplica(DurableSyncObj):
         # each committed command this node proposed.
         self.commit_listener = None
         self.effects_listener = None
+        # ... and with the first workflow tasks of new runs as their starts are appended
+        # (before they commit): [(supervisor id, request id, items, dispatches)].
+        self.appended_listener = None
         conf = raft_conf(cfg, shard, self._write_snapshot, self._load_snapshot,
                          self._on_state_changed)
         self._raft_conf = conf  # its election range widens once a leader is seen
@@ -216,6 +220,24 @@ class ShardReplica(DurableSyncObj):
         finally:
             journal.transform = None
             self.speculation.end_tick()
+
+    def _on_entries_sent(self) -> None:
+        # Speculative dispatch (flow.speculation): a new run's first workflow task goes to
+        # its supervisor while the start replicates, not after it commits. Built here, from
+        # the pending view (the loop reads only what committed), while the entries just
+        # sent are flushed; handed to the loop in one wake-up.
+        groups, txn = self.speculation.take_first_tasks()
+        if (not groups or not self._dispatch_early or self.appended_listener is None
+                or self._in_flight > limits.dispatch_early_proposals_in_flight_max):
+            return  # a busy shard: they go at the commit, with its batch
+        try:
+            built = [(sid, request_id, items,
+                      [dispatches.dispatch_of(txn, item) for item in items])
+                     for sid, request_id, items in groups]
+        except Exception:  # a bug, not a state: these tasks are then sent at the commit
+            log.exception("shard %d: building dispatches of appended starts failed", self.shard)
+            return
+        self.loop.call_soon_threadsafe(self.appended_listener, built)
 
     def _SyncObj__onBecomeLeader(self):
         super()._SyncObj__onBecomeLeader()

@@ -26,6 +26,15 @@ What stays as before:
   and entries go as commands, until LMDB has caught up with the log.
 - Answers wait for the commit: `answer(index, result)` hands the proposer the leader's
   answer only if the committed entry is the one this node wrote (same term).
+
+Speculative dispatch: the first workflow task of a run a start just created (eager
+start) is known here as the start is appended, and everything it needs (the run's
+WorkflowExecutionStarted) was written by that same entry. `take_first_tasks()` hands
+the replica those assignments, for it to send before the entry commits
+(flow.replica._on_entries_sent). Workflow code has no side effects, and its
+completion, proposed to this leader, is appended after the start: it commits only if
+the start does. If the start never commits, the run never existed and a completion of
+it is refused as stale. Tasks (side effects) are never dispatched before their commit.
 """
 
 from __future__ import annotations
@@ -57,6 +66,9 @@ class Speculation:
         self.active = False          # leading, with a pending view it can trust
         self._answers: dict[int, tuple] = {}  # index -> (term, answer, entry, items, writes)
         self._read = None            # (context manager, txn) of LMDB, for one tick
+        # [supervisor id, request id, items] of new runs' first workflow tasks appended
+        # this tick (write sets only), for the replica to dispatch before they commit.
+        self._first_tasks: list = []
         label = str(shard)
         self._as_writes = metrics.appended_entries.labels(label, "writes")
         self._as_commands = metrics.appended_entries.labels(label, "commands")
@@ -128,6 +140,8 @@ class Speculation:
         # object back (own_write_set), and its writes need no unpickling nor decoding;
         # the writes dict is what the event loop's CommittedView layers once it commits.
         self._answers[index] = (term, answer, entry, items, writes)
+        if len(answer.get("batch", ())) <= limits.dispatch_early_batch_commands_max:
+            self._first_tasks.extend(first_workflow_tasks(answer))
         self._as_writes.inc()
         return entry
 
@@ -167,8 +181,19 @@ class Speculation:
             self._read = (manager, manager.__enter__())
         return self._read[1]
 
+    def take_first_tasks(self) -> tuple[list, OverlayTxn | None]:
+        """The new runs' first workflow tasks appended since the last call, and a view of
+        the pending state to build their dispatches from (valid until end_tick). Nothing
+        if speculation turned off meanwhile: the pending view is gone, and the entries
+        already logged commit or not as they are (their tasks then go at commit)."""
+        groups, self._first_tasks = self._first_tasks, []
+        if not groups or not self.active:
+            return [], None
+        return groups, OverlayTxn(self._base(), self.pending)
+
     def end_tick(self) -> None:
         """Close this tick's LMDB read (the next tick sees the batches committed since)."""
+        self._first_tasks = []
         self._end_reads()
 
     def _end_reads(self) -> None:
@@ -216,6 +241,22 @@ class Speculation:
                 and applied_index >= last_log_index):
             self.pending.clear()
             self.active = True
+
+
+def first_workflow_tasks(answer: dict) -> list:
+    """The assignments in an entry's answer that are the first workflow task of the run
+    its command started: [supervisor id, request id, items], every item a workflow task
+    of that new run (whose history that command alone wrote)."""
+    groups = []
+    for result in answer.get("batch", (answer,)):
+        ok = result.get("ok") if isinstance(result, dict) else None
+        if not (isinstance(ok, dict) and ok.get("started") is True):
+            continue
+        for group in result.get("effects", {}).get("assigned", ()):
+            if all(item["kind"] == "wft" and item["run_id"] == ok["run_id"]
+                   for item in group[2]):
+                groups.append(group)
+    return groups
 
 
 def _entry_call(command: bytes):

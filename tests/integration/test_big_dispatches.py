@@ -1,4 +1,4 @@
-"""Many big items assigned at once reach the supervisor (flow.dispatcher.split_by_bytes).
+"""Many big items assigned at once reach the supervisor (flow.dispatches.split_by_bytes).
 
 Twelve tasks with 1.9 MB args each (under the default 2 MiB payload limit) wait in their
 queue until a supervisor serving their type connects; the dispatch loop then assigns

@@ -199,7 +199,8 @@ def test_a_malformed_chain_is_refused_and_the_result_still_counts(sim, bad):
 
 
 def test_a_tasks_dispatch_brings_its_run_news_to_a_session_that_holds_the_history(sim):
-    from coda.flow.dispatcher import Session, _with_run_history, dispatch_of
+    from coda.flow.dispatcher import Session, _with_run_history
+    from coda.flow.dispatches import dispatch_of
     sim.start("w1", "twice", {"n": 1})
     session = Session("s1", ("q",), credit=10)
     session.history_sent[("w1", "run-w1")] = 1     # it ran w1's first workflow task on [1]
@@ -224,7 +225,8 @@ def test_a_tasks_dispatch_brings_its_run_news_to_a_session_that_holds_the_histor
 
 
 def test_a_task_with_a_heartbeat_timeout_gets_no_run_news(sim):
-    from coda.flow.dispatcher import Session, _with_run_history, dispatch_of
+    from coda.flow.dispatcher import Session, _with_run_history
+    from coda.flow.dispatches import dispatch_of
     sim.start("w1", "twice", {"n": 1})
     (wft,) = sim.assign()
     wf_commands = sim.run_workflow_task(wft)

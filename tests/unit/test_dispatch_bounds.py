@@ -8,7 +8,7 @@ import pytest
 
 from coda.api import flow_pb2 as pb
 from coda.flow import limits
-from coda.flow.dispatcher import dispatch_of, split_by_bytes
+from coda.flow.dispatches import dispatch_of, split_by_bytes
 from coda.storage import codec, keys
 from coda.storage.env import LmdbOptions, ShardStore
 

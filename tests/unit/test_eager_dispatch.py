@@ -12,7 +12,7 @@ from __future__ import annotations
 from test_execution_sm import T0, Sim, inc  # noqa: F401  (the scripted leader and worker)
 
 from coda.flow import commands, model
-from coda.flow.dispatcher import dispatch_of
+from coda.flow.dispatches import dispatch_of
 from coda.storage import codec, keys
 
 

@@ -18,7 +18,7 @@ from coda.client.workflow_runtime import RunInfo, WorkflowRun
 from coda.flow import commands, model
 from coda.flow import sm_common as c
 from coda.flow.applier import Applier
-from coda.flow.dispatcher import dispatch_of
+from coda.flow.dispatches import dispatch_of
 from coda.storage import codec, keys
 from coda.storage.env import LmdbOptions, ShardStore
 

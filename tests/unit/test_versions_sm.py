@@ -7,7 +7,7 @@ import pytest
 
 from coda.flow import commands, model, queries
 from coda.storage import keys
-from coda.flow.dispatcher import dispatch_of
+from coda.flow.dispatches import dispatch_of
 from coda.storage import codec
 from test_execution_sm import Sim
 
