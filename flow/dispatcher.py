@@ -522,18 +522,19 @@ def _with_run_history(txn, session: Session, item: dict, dispatch: pb.Dispatch,
     # What one gRPC message leaves beside the task's own args and heartbeat details.
     room_bytes = (limits.grpc_message_bytes_max - limits.command_envelope_bytes_max
                   - len(dispatch.input) - len(dispatch.heartbeat_details))
-    events, size_bytes = [], 0
-    for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(*run),
-                           start=keys.history_key(*run, after + 1)):
+    events, size_bytes, last_event_id = [], 0, after  # as stored: sent without decoding
+    for key, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(*run),
+                             start=keys.history_key(*run, after + 1)):
         size_bytes += len(raw)
         if (len(events) >= limits.task_history_events_max
                 or size_bytes > min(limits.task_history_bytes_max, budget[0], room_bytes)):
             return dispatch
-        events.append(codec.unpack(raw))
+        events.append(raw)
+        last_event_id = keys.history_event_id(key)
     budget[0] -= size_bytes
     if events:
-        session.history_sent[run] = events[-1]["event_id"]
+        session.history_sent[run] = last_event_id
         session.history_sent.move_to_end(run)
-        dispatch.history = codec.pack(events)
+        dispatch.history = codec.pack_array_of_packed(events)
         dispatch.history_after_event_id = after
     return dispatch

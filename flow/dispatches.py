@@ -40,21 +40,21 @@ def dispatch_of(txn, item: dict, history_after_event_id: int = 0) -> pb.Dispatch
         tail_bytes_max = min(limits.wft_history_tail_bytes_max,
                              limits.grpc_message_bytes_max - len(started["input"] or b"")
                              - limits.command_envelope_bytes_max)
-        events, tail_bytes = [], 0
+        events, tail_bytes = [], 0  # the events as stored: sent without decoding them
         start = keys.history_key(wid, run_id, history_after_event_id + 1)
-        for _, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(wid, run_id),
-                               start=start):
-            event = codec.unpack(raw)
-            if event["event_id"] > item["history_length"]:
+        for key, raw in txn.scan(keys.HISTORY, prefix=keys.history_prefix(wid, run_id),
+                                 start=start):
+            if keys.history_event_id(key) > item["history_length"]:
                 break  # what the assignment saw, even if more was appended since
             tail_bytes += len(raw)
             if tail_bytes > tail_bytes_max:
                 events, history_after_event_id = [], item["history_length"]
                 break
-            events.append(event)
+            events.append(raw)
         return pb.Dispatch(
             workflow_id=wid, run_id=run_id, task_key="", type_name=item["workflow_type"],
-            attempt=item["attempt"], input=started["input"], history=codec.pack(events),
+            attempt=item["attempt"], input=started["input"],
+            history=codec.pack_array_of_packed(events),
             workflow_attempt=item["workflow_attempt"], start_time_ms=item["start_time_ms"],
             history_after_event_id=history_after_event_id)
     task = codec.unpack(txn.get(keys.TASKS, keys.task_key(wid, run_id, item["key"])))

@@ -32,6 +32,20 @@ def encode_payload(value, *, what: str, limit_bytes: int) -> bytes:
     return data
 
 
+def pack_array_of_packed(packed: list[bytes]) -> bytes:
+    """The msgpack array of values already packed, made without decoding them: equal to
+    pack([unpack(p) for p in packed]) when each was packed by `pack` (a history's events
+    go out as stored)."""
+    n = len(packed)
+    if n < 16:
+        header = bytes([0x90 | n])
+    elif n < 1 << 16:
+        header = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + n.to_bytes(4, "big")
+    return header + b"".join(packed)
+
+
 def array_length(data: bytes) -> int:
     """The length of the msgpack array `data` holds, read from its header only (0 if it
     is not an array): a cheap estimate before the whole payload is decoded."""

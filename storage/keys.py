@@ -101,6 +101,11 @@ def history_key(workflow_id: str, run_id: str, event_id: int) -> bytes:
     return run_key(workflow_id, run_id) + SEP + u64(event_id)
 
 
+def history_event_id(key: bytes) -> int:
+    """The event id a history key ends with (history_key)."""
+    return from_u64(key[-8:])
+
+
 def history_prefix(workflow_id: str, run_id: str) -> bytes:
     return run_key(workflow_id, run_id) + SEP
 

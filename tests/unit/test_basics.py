@@ -160,6 +160,24 @@ def test_codec_round_trips(value):
     assert type(codec.unpack(codec.pack(b"b"))) is bytes
 
 
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.lists(PAYLOADS, max_size=40) | st.integers(15, 17).map(lambda n: [None] * n)
+       | st.sampled_from([[0] * 65_535, [0] * 65_536]))
+def test_an_array_of_packed_values_is_the_packed_array(values):
+    # History goes out as stored (flow.dispatches): spliced bytes must be what packing
+    # the decoded events would give, at every array header size (fix, 16-bit, 32-bit).
+    spliced = codec.pack_array_of_packed([codec.pack(v) for v in values])
+    assert spliced == codec.pack(values)
+    assert codec.unpack(spliced) == _roundtrip_form(values)
+
+
+@pytest.mark.parametrize("event_id", [1, 255, 256, 2**32, 2**64 - 1])
+def test_a_history_key_gives_back_its_event_id(event_id):
+    key = keys.history_key("wf-\xff/1", "run-1", event_id)
+    assert keys.history_event_id(key) == event_id
+    assert key.startswith(keys.history_prefix("wf-\xff/1", "run-1"))
+
+
 def _nested(depth):
     value = []
     for _ in range(depth):
