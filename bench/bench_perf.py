@@ -135,8 +135,9 @@ async def measure_cluster(args, cluster, supervisor, shards: int) -> dict:
             trial = bx.median_trial(trials, "wf_per_s")
             trial["cpu_ms_per_wf_trials"] = [t["cpu_ms_per_wf"] for t in trials]
             trial["concurrency"] = concurrency
-            # The machine's speed beside each row, not only at the run's ends: within one
-            # run the reference loop has gone from 83 to 44 ms.
+            # The reference loop beside each row, not only at the run's ends (within one
+            # run it went from 83 to 44 ms). One thread: it misses slowness that only
+            # shows with both cores busy, so read rows beside the raw ceilings too.
             trial["reference_loop"] = speed
             out["w_seq"].append(trial)
         print(f"  W-lat, {args.lat_count} in a row ...", flush=True)
